@@ -142,7 +142,8 @@ def make_finetune(
         gen = torch.Generator().manual_seed(seed)
         for p in model.parameters():
             if p.is_floating_point():
-                p.add_(torch.randn(p.shape, generator=gen) * noise * (p.detach().std() if p.numel() > 1 else 1.0))
+                scale = max(float(p.detach().std()), 0.02) if p.numel() > 1 else 0.02
+                p.add_(torch.randn(p.shape, generator=gen) * noise * scale)
     if dtype is not None:
         model = model.to(dtype)
     model.save_pretrained(str(folder))

@@ -1,0 +1,242 @@
+"""All network work: the one module that calls `huggingface_hub` to talk to a Hub.
+
+Everything else in hf-soups is pure and testable offline. The functions here translate the client's own
+errors (`RepositoryNotFoundError`, `RevisionNotFoundError`, `EntryNotFoundError`, `GatedRepoError`) into
+:mod:`hf_soups.errors` classes whose messages name the candidate and say what to do. Tokens are passed through
+to the client and never appear in a message.
+
+The endpoint is read from `huggingface_hub.constants.ENDPOINT` at call time (so `HF_ENDPOINT`, or
+`hf_soups.testing.LocalHub`, points everything at another Hub-compatible server).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download, snapshot_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+from huggingface_hub.hf_api import ModelInfo
+
+from .errors import AuthenticationError, CandidateNotFoundError, HubError, PushError
+
+#: (dtype, shape) of one tensor, as read from a safetensors header.
+Spec = Tuple[str, Tuple[int, ...]]
+
+_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9_]{6,}")
+
+
+def redact(text: str) -> str:
+    """Remove anything that looks like a Hub token from `text` (for messages and logs)."""
+    return _TOKEN_RE.sub("hf_***", text)
+
+
+class Hub:
+    """A Hub connection: token, endpoint and cache shared by every call of one soup run.
+
+    Args:
+        token: a Hub token; `None` uses the client's own lookup (`HF_TOKEN`, the stored login).
+        endpoint: the Hub URL; `None` uses `huggingface_hub.constants.ENDPOINT` (`HF_ENDPOINT`).
+        cache_dir: the download cache; `None` uses the client's (`HF_HUB_CACHE`).
+
+    Example:
+        >>> hub = Hub()
+        >>> info = hub.repo_info("org/model", "main", ref="org/model")   # doctest: +SKIP
+    """
+
+    def __init__(
+        self, token: Optional[str] = None, endpoint: Optional[str] = None, cache_dir: Optional[str] = None
+    ) -> None:
+        self.token = token
+        self._endpoint = endpoint
+        self.cache_dir = cache_dir
+
+    @property
+    def endpoint(self) -> str:
+        """The Hub URL in use now."""
+        return self._endpoint or constants.ENDPOINT
+
+    @property
+    def api(self) -> HfApi:
+        """An `HfApi` bound to this hub's endpoint and token."""
+        return HfApi(endpoint=self.endpoint, token=self.token)
+
+    # -- reading ---------------------------------------------------------------------------------------------
+
+    def repo_info(self, repo_id: str, revision: Optional[str], *, ref: str) -> ModelInfo:
+        """Model info at `revision` (a branch, tag or sha): commit `sha`, file list, card metadata.
+
+        Raises:
+            CandidateNotFoundError: the repo or revision does not exist (or is private and not visible).
+            AuthenticationError: the repo is gated and the token cannot read it.
+            HubError: the Hub failed after the client's retries.
+        """
+        with self._translate(ref, repo_id=repo_id, revision=revision):
+            return self.api.model_info(repo_id, revision=revision, files_metadata=True)
+
+    def download(self, repo_id: str, filename: str, sha: str, *, ref: str) -> Path:
+        """Download one file at a pinned commit (through the client's cache) and return its local path.
+
+        Raises:
+            CandidateNotFoundError: the file (or repo, revision) does not exist.
+        """
+        with self._translate(ref, repo_id=repo_id, revision=sha, filename=filename):
+            return Path(
+                hf_hub_download(
+                    repo_id,
+                    filename,
+                    revision=sha,
+                    token=self.token,
+                    cache_dir=self.cache_dir,
+                    endpoint=self._endpoint,
+                    library_name="hf-soups",
+                )
+            )
+
+    def snapshot(self, repo_id: str, sha: str, *, allow_patterns: Optional[Sequence[str]] = None, ref: str) -> Path:
+        """Download the files of a repo at a pinned commit that match `allow_patterns`; return the folder."""
+        with self._translate(ref, repo_id=repo_id, revision=sha):
+            return Path(
+                snapshot_download(
+                    repo_id,
+                    revision=sha,
+                    allow_patterns=list(allow_patterns) if allow_patterns else None,
+                    token=self.token,
+                    cache_dir=self.cache_dir,
+                    endpoint=self._endpoint,
+                    library_name="hf-soups",
+                )
+            )
+
+    def safetensors_specs(self, repo_id: str, sha: str, *, ref: str) -> Dict[str, Spec]:
+        """Names, dtypes and shapes of every tensor, read from the safetensors headers only (Range requests).
+
+        No weight bytes are downloaded: the client reads the first bytes of each file (and the index for
+        sharded checkpoints).
+        """
+        with self._translate(ref, repo_id=repo_id, revision=sha):
+            meta = self.api.get_safetensors_metadata(repo_id, revision=sha)
+        specs: Dict[str, Spec] = {}
+        for file_meta in meta.files_metadata.values():
+            for name, info in file_meta.tensors.items():
+                specs[name] = (str(info.dtype), tuple(int(s) for s in info.shape))
+        return specs
+
+    # -- writing ---------------------------------------------------------------------------------------------
+
+    def push_folder(
+        self,
+        folder: str | Path,
+        repo_id: str,
+        *,
+        private: Optional[bool] = None,
+        commit_message: str = "Upload model soup with hf-soups",
+        commit_description: Optional[str] = None,
+    ) -> str:
+        """Create `repo_id` if needed and upload every file of `folder` in **one** commit.
+
+        `create_commit` with all operations, not `upload_folder`: with Xet available, `upload_folder` may split
+        a large folder over several commits, and a soup must be published whole or not at all.
+
+        Returns:
+            The commit URL.
+
+        Raises:
+            PushError: creating the repo or the commit failed; nothing was published.
+        """
+        folder = Path(folder)
+        operations = [
+            CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        ]
+        retry = f"The soup is saved in {folder}; publish it alone with: hf-soups push {folder} {repo_id}"
+        try:
+            api = self.api
+            api.create_repo(repo_id, private=bool(private), exist_ok=True)
+            info = api.create_commit(
+                repo_id, operations, commit_message=commit_message, commit_description=commit_description
+            )
+        except RepositoryNotFoundError as err:
+            raise PushError(
+                f"cannot write to {repo_id}: the repo is not visible with this token",
+                hint=f"Use a token with write access to {repo_id} (HF_TOKEN or --token). {retry}",
+            ) from err
+        except HfHubHTTPError as err:
+            raise PushError(f"pushing to {repo_id} failed: {redact(str(err).splitlines()[0])}", hint=retry) from err
+        except OSError as err:  # connection errors
+            raise PushError(f"pushing to {repo_id} failed: {redact(str(err))}", hint=retry) from err
+        return str(info.commit_url)
+
+    # -- errors ----------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _translate(
+        self, ref: str, *, repo_id: str, revision: Optional[str] = None, filename: Optional[str] = None
+    ) -> Iterator[None]:
+        """Turn the client's errors into hf-soups errors that name the candidate and the fix."""
+        try:
+            yield
+        except GatedRepoError as err:
+            raise AuthenticationError(
+                f"{repo_id} is gated and this token cannot read it",
+                candidate=ref,
+                hint=f"Accept the conditions on the repo page, then pass a token (HF_TOKEN or --token).",
+            ) from err
+        except RevisionNotFoundError as err:
+            raise CandidateNotFoundError(
+                f"revision {revision!r} does not exist in {repo_id}",
+                candidate=ref,
+                hint=f"Check the branch, tag or commit sha (list them with `HfApi().list_repo_refs({repo_id!r})`).",
+            ) from err
+        except EntryNotFoundError as err:
+            raise CandidateNotFoundError(
+                f"file {filename!r} does not exist in {repo_id} at {revision}",
+                candidate=ref,
+                hint="Check that the repo holds a complete model at that revision.",
+            ) from err
+        except RepositoryNotFoundError as err:
+            who = "with this token" if self.token else "without a token"
+            raise CandidateNotFoundError(
+                f"repo {repo_id} does not exist or is private ({who})",
+                candidate=ref,
+                hint="Check the name; for a private repo pass a token that can read it (HF_TOKEN or --token).",
+            ) from err
+        except HfHubHTTPError as err:
+            raise HubError(
+                f"the Hub failed on {repo_id}: {redact(str(err).splitlines()[0])}",
+                candidate=ref,
+                hint="Retry later; downloads resume from the cache.",
+            ) from err
+        except (OSError, ConnectionError) as err:
+            raise HubError(
+                f"cannot reach the Hub at {self.endpoint}: {redact(str(err))}",
+                candidate=ref,
+                hint="Check the network or HF_ENDPOINT; set HF_HUB_OFFLINE=1 to use only cached files.",
+            ) from err
+
+
+def file_sizes(info: ModelInfo) -> Dict[str, Optional[int]]:
+    """Map each file of a repo to its size in bytes (None when the Hub did not say)."""
+    return {s.rfilename: s.size for s in (info.siblings or [])}
+
+
+def card_data_dict(info: ModelInfo) -> dict:
+    """The card metadata of a repo as a plain dict (empty when it has no card)."""
+    data = info.card_data
+    if data is None:
+        return {}
+    return data.to_dict() if hasattr(data, "to_dict") else dict(data)
+
+
+def list_files(info: ModelInfo) -> List[str]:
+    """The files of a repo at the revision `info` was read at."""
+    return [s.rfilename for s in (info.siblings or [])]
