@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
@@ -26,7 +26,7 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import ModelInfo
 
-from .errors import AuthenticationError, CandidateNotFoundError, HubError, PushError
+from .errors import AuthenticationError, CandidateNotFoundError, EvaluationError, HubError, PushError
 
 #: (dtype, shape) of one tensor, as read from a safetensors header.
 Spec = Tuple[str, Tuple[int, ...]]
@@ -129,6 +129,47 @@ class Hub:
             for name, info in file_meta.tensors.items():
                 specs[name] = (str(info.dtype), tuple(int(s) for s in info.shape))
         return specs
+
+    def load_dataset(
+        self,
+        name: str,
+        *,
+        config: Optional[str] = None,
+        split: str = "validation",
+        data_files: Any = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Load one split with `datasets.load_dataset`: a Hub dataset, a builder (``csv``) or a local file.
+
+        A local ``.tsv``/``.csv``/``.json(l)``/``.parquet`` file is read with the matching builder.
+
+        Raises:
+            EvaluationError: the dataset, config or split does not exist (the message lists what does).
+        """
+        import datasets
+
+        local = Path(name).expanduser()
+        if local.is_file():
+            suffix = local.suffix.lower()
+            builder = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
+            if builder is None:
+                raise EvaluationError(f"cannot read {local}: unknown file type {suffix!r}",
+                                      hint="Use .csv, .tsv, .json, .jsonl or .parquet, or load a Dataset yourself.")
+            if suffix == ".tsv":
+                kwargs.setdefault("delimiter", "\t")
+            name, data_files, split = builder, {"data": str(local)}, "data"
+        try:
+            return datasets.load_dataset(name, config, split=split, data_files=data_files, token=self.token, **kwargs)
+        except ValueError as err:
+            text = str(err)
+            if "split" in text.lower():
+                raise EvaluationError(f"dataset {name!r} has no split {split!r}: {text}",
+                                      hint="Pick one of the splits listed (eval_split / evaluation.split).") from err
+            raise EvaluationError(f"cannot load dataset {name!r}: {redact(text)}",
+                                  hint="Check the dataset name, config and data_files.") from err
+        except (FileNotFoundError, datasets.exceptions.DatasetNotFoundError) as err:
+            raise EvaluationError(f"dataset {name!r} not found: {redact(str(err))}",
+                                  hint="Check the name (org/dataset on the Hub) or the local path.") from err
 
     # -- writing ---------------------------------------------------------------------------------------------
 

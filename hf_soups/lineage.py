@@ -58,7 +58,7 @@ class LineageReport:
         base_revision: the base revision (sha) when known.
         problems: every problem found; errors make the set incompatible, warnings do not.
         checks: the names of the checks that ran.
-        distances: candidate -> relative L2 distance to the base over shared tensors (weight check only).
+        distances: candidate -> relative L2 distance to the base over shared weight matrices (weight check only).
         head_tensors: tensors the base lacks (task heads).
     """
 
@@ -391,7 +391,9 @@ def _check_weights(
         for i in range(n):
             with safe_open(str(folders[i] / files[i][name]), framework="pt") as fh:
                 tensors.append(fh.get_tensor(name).double())
-        if name in mapping:
+        # distance to the base over weight matrices only: norms and biases start at constants (LayerNorm weights
+        # are ones in any initialisation) and would dominate the norm while saying nothing about lineage.
+        if name in mapping and len(ref.tensor_specs[name][1]) >= 2:
             bname = mapping[name]
             with safe_open(str(base_folder / base_files[bname]), framework="pt") as fh:  # type: ignore[operator]
                 b = fh.get_tensor(bname).double()
@@ -432,6 +434,9 @@ def _check_weights(
         # would be 0 for LayerNorm weights and biases that barely move).
         typical = math.sqrt(body[0] / body[1]) if body[1] > 0 else 0.0
         pool = report.head_tensors if report.head_tensors else list(pair_dist)
+        # Only weight matrices: random initialisation shows in them, while biases and norms start at constants
+        # and stay near zero, where a relative distance means nothing.
+        pool = [nm for nm in pool if len(ref.tensor_specs[nm][1]) >= 2]
         worst = {nm: max(pair_dist[nm].values()) for nm in pool if pair_dist.get(nm)}
         flagged = [nm for nm, d in worst.items() if d > head_distance and d > head_ratio * typical]
         if flagged:
