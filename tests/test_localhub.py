@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,27 @@ def test_safetensors_metadata_reads_only_the_header(local_hub: LocalHub, tmp_pat
     assert local_hub.downloads(".safetensors") == []
     ranged = [r for r in local_hub.requests if r.method == "GET"]
     assert ranged and all(r.status == 206 and r.range and r.bytes_sent < size for r in ranged)
+
+
+def test_safetensors_metadata_of_shards_with_a_long_header(local_hub: LocalHub, tmp_path: Path) -> None:
+    # A header over 100,000 bytes makes the client read it in a second Range request (bytes=8-{n+7}).
+    big = {f"encoder.layer.{i}.a_deliberately_long_tensor_name_to_grow_the_header": torch.zeros(2)
+           for i in range(2500)}
+    save_file(big, tmp_path / "model-00001-of-00002.safetensors")
+    save_file({"head.weight": torch.zeros(4, 4)}, tmp_path / "model-00002-of-00002.safetensors")
+    weight_map = {**{k: "model-00001-of-00002.safetensors" for k in big},
+                  "head.weight": "model-00002-of-00002.safetensors"}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    header_len = int.from_bytes((tmp_path / "model-00001-of-00002.safetensors").read_bytes()[:8], "little")
+    assert header_len > 100_000
+    local_hub.api().create_repo(REPO)
+    local_hub.api().upload_folder(repo_id=REPO, folder_path=tmp_path)
+    local_hub.clear_requests()
+    meta = get_safetensors_metadata(REPO)
+    assert meta.sharded and len(meta.files_metadata) == 2 and meta.parameter_count == {"F32": 2500 * 2 + 16}
+    assert local_hub.downloads(".safetensors") == []  # only the index is fetched whole
+    first_shard = [r.range for r in local_hub.requests if r.filename == "model-00001-of-00002.safetensors"]
+    assert first_shard == ["bytes=0-100000", f"bytes=8-{header_len + 7}"]
 
 
 def test_model_card_push_and_load(local_hub: LocalHub) -> None:
@@ -295,11 +317,15 @@ def test_patch_client_is_restored_and_env_points_subprocesses(tmp_path: Path) ->
 
 
 def test_command_line_serves_until_interrupted(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "hf_soups.testing", "--root", str(tmp_path / "hub")],
-                            stdout=subprocess.PIPE, text=True)
+    with socket.socket() as probe:  # a port that is free now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "hf_soups.testing", "--root", str(tmp_path / "hub"),
+                             "--port", str(port)], stdout=subprocess.PIPE, text=True)
     try:
         lines = [proc.stdout.readline() for _ in range(2)]
         endpoint, token = lines[0].split()[3], lines[1].split()[-1]
+        assert endpoint == f"http://127.0.0.1:{port}" and token.startswith("hf_local_")
         api = HfApi(endpoint=endpoint, token=token)
         api.create_repo("org/cli")
         assert api.model_info("org/cli").id == "org/cli"
