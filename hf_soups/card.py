@@ -110,14 +110,14 @@ def _body(soup: "Soup") -> str:
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "---|" * len(header))
     for i in soup.ingredients:
-        repo = f"[{i.repo_id}](../{i.repo_id})" if i.repo_id else f"`{i.pinned}`"
+        repo = f"[{i.repo_id}](/{i.repo_id})" if i.repo_id else f"`{i.pinned}`"
         sha = f"`{(i.sha or '')[:12]}`"
-        hps = [str(i.hyperparameters.get(k, "")) for k in hp_keys]
+        hps = [_fmt_value(i.hyperparameters.get(k, "")) for k in hp_keys]
         score = "-" if i.score is None else f"{i.score:.4f}"
         out.append("| " + " | ".join([repo, sha, *hps, score, "yes" if i.accepted else "no", f"{i.weight:.4f}"]) + " |")
     if soup.score is not None:
         out += ["", "## Results", "", f"Held-out {metric} on "
-                f"`{cfg.evaluation.dataset if cfg.evaluation else '?'}` ({cfg.evaluation.split if cfg.evaluation else '?'}"
+                f"`{_dataset_label(cfg.evaluation.dataset) if cfg.evaluation else '?'}` ({cfg.evaluation.split if cfg.evaluation else '?'}"
                 f"{', ' + str(cfg.evaluation.max_samples) + ' examples' if cfg.evaluation and cfg.evaluation.max_samples else ''}):",
                 "", "| model | " + metric + " |", "|---|---|"]
         out.append(f"| **this soup ({cfg.method})** | **{soup.score:.4f}** |")
@@ -209,3 +209,18 @@ def _yaml(data: Dict[str, Any]) -> str:
     import yaml
 
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def _fmt_value(value: object) -> str:
+    """A hyper-parameter for a table cell: floats in short form (3e-05, not 3.0000000000000004e-05)."""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _dataset_label(dataset: object) -> str:
+    """A dataset as the card shows it: a Hub name as is, a local file by its name only (no local paths on the Hub)."""
+    text = str(dataset)
+    if text.startswith(("/", "./", "../", "~")) or "\\" in text:
+        return text.replace("\\", "/").rstrip("/").split("/")[-1]
+    return text

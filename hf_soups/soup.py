@@ -87,6 +87,9 @@ class Soup:
     def provenance(self) -> Dict[str, Any]:
         """The `soup.json` content: the pinned recipe plus what was measured and produced."""
         data = self.config.to_dict()
+        # Where this machine wrote the soup is not part of the recipe: a rebuild chooses its own output folder.
+        data["output"]["dir"] = None
+        data["output"]["overwrite"] = False
         data["provenance"] = {
             "hf_soups_version": _version("hf-soups"),
             "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
