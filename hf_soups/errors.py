@@ -43,6 +43,11 @@ class AuthenticationError(HfSoupsError):
     """A private or gated repo was asked for without a token that can read it."""
 
 
+class RepoNotVisibleError(CandidateNotFoundError, AuthenticationError):
+    """A repo asked for without valid credentials: missing, or private (the Hub answers 401 to both and will not
+    say which). Catch it as either a lookup or an authentication error."""
+
+
 class UnsafeWeightsError(HfSoupsError):
     """A candidate only ships pickle weights (`.bin`, `.pt`) and pickle was not allowed."""
 
@@ -97,6 +102,7 @@ __all__ = [
     "HfSoupsError",
     "InvalidReferenceError",
     "CandidateNotFoundError",
+    "RepoNotVisibleError",
     "AuthenticationError",
     "UnsafeWeightsError",
     "InvalidWeightsError",
