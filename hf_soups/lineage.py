@@ -114,7 +114,11 @@ class LineageReport:
             status = "FAIL" if any(p.severity == "error" for p in found) else ("warn" if found else "ok")
             rows.append((check, status, "; ".join(p.message for p in found) or "-"))
         width = max([len(r[0]) for r in rows] + [5])
-        out = [f"{'check':<{width}}  status  detail", f"{'-' * width}  ------  ------"]
+        out = ["candidates (pinned):"] + [f"  {c}" for c in self.candidates]
+        if self.base:
+            out.append(f"base: {self.base}" + (f" @ {self.base_revision}" if self.base_revision else ""))
+        out.append("")
+        out += [f"{'check':<{width}}  status  detail", f"{'-' * width}  ------  ------"]
         out += [f"{c:<{width}}  {s:<6}  {d}" for c, s, d in rows]
         if self.distances:
             out.append("")
