@@ -379,7 +379,14 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         """The repo named by the URL, checking visibility (private repos are invisible without the token)."""
         if write:
             self._require_write()
-        found = self.ctx.store.get_repo(_KINDS[kind], repo)
+        try:
+            found = self.ctx.store.get_repo(_KINDS[kind], repo)
+        except RepoNotFound as err:
+            # Like the Hub: without credentials a missing repo answers 401 (it cannot say whether the repo is
+            # missing or private); the client raises RepositoryNotFoundError either way.
+            if not self._authorized():
+                err.status = 401
+            raise
         if found.private and not self._authorized():
             err = RepoNotFound(f"Repository Not Found for {kind}/{repo}.")
             err.status = 401 if self._token() is None else 404
