@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import CandidateNotFoundError, InvalidReferenceError, InvalidWeightsError, UnsafeWeightsError
+from .errors import (
+    CandidateNotFoundError,
+    InvalidReferenceError,
+    InvalidWeightsError,
+    RecipeError,
+    UnsafeWeightsError,
+)
 from .hub import Hub, Spec, card_data_dict, list_files
 from .progress import get_logger
 
@@ -183,6 +189,7 @@ class Candidate:
         self.config = _read_json(path / "config.json", self.ref) if (path / "config.json").exists() else {}
         self.card_data = _local_card_data(path / "README.md")
         self.provenance = _read_provenance(lambda f: path / f if (path / f).exists() else None, self.files, self.ref)
+        _check_shard_index(lambda f: path / f, self.files, self.ref, where=str(path))
         self.tensor_specs = read_local_specs(path, self.weight_files(), self.ref) if self.weight_files() else {}
         self.tokenizer_hash = tokenizer_fingerprint(lambda f: path / f, self.files)
         self.sha = folder_hash(path)
@@ -201,6 +208,10 @@ class Candidate:
             lambda f: hub.download(self.repo_id, f, self.sha, ref=self.ref), self.files, self.ref  # type: ignore[arg-type]
         )
         if self.weight_files():
+            _check_shard_index(
+                lambda f: hub.download(self.repo_id, f, self.sha, ref=self.ref),  # type: ignore[arg-type]
+                self.files, self.ref, where=f"{self.repo_id}@{str(self.sha)[:12]}",
+            )
             self.tensor_specs = hub.safetensors_specs(self.repo_id, self.sha, ref=self.ref)
         self.tokenizer_hash = tokenizer_fingerprint(
             lambda f: hub.download(self.repo_id, f, self.sha, ref=self.ref), self.files  # type: ignore[arg-type]
@@ -252,8 +263,31 @@ class Candidate:
             ignore += [f"*{s}" for s in PICKLE_SUFFIXES] + ["*.bin.index.json"]
         assert self.repo_id is not None and self.sha is not None
         allow = [f for f in self.files if not any(Path(f).match(p) for p in ignore)]
-        self._folder = hub.snapshot(self.repo_id, self.sha, allow_patterns=allow, ref=self.ref)
+        folder = hub.snapshot(self.repo_id, self.sha, allow_patterns=allow, ref=self.ref)
+        # what the Hub sent is checked like a local file before any tensor is read from it
+        read_local_specs(folder, self.weight_files(), self.ref)
+        self._folder = folder
         return self._folder
+
+    def fetch_metadata(self, hub: Optional[Hub] = None) -> Path:
+        """Download everything but the weights (config, tokenizer, card) at the pinned sha; return the folder.
+
+        Enough for `AutoConfig` / `AutoTokenizer.from_pretrained`, so the evaluation set-up (columns, labels,
+        metric) can be checked before any weight is downloaded. A local folder is returned as it is.
+
+        Raises:
+            CandidateNotFoundError, HubError: as :meth:`resolve`.
+        """
+        if self.is_local:
+            assert self.local_path is not None
+            return self.local_path
+        if not self.resolved:
+            self.resolve(hub)
+        hub = hub or Hub()
+        skip = list(_FOREIGN) + ["*.safetensors"] + [f"*{s}" for s in PICKLE_SUFFIXES]
+        allow = [f for f in self.files if not any(Path(f).match(p) for p in skip)]
+        assert self.repo_id is not None and self.sha is not None
+        return hub.snapshot(self.repo_id, self.sha, allow_patterns=allow or ["config.json"], ref=self.ref)
 
     def describe(self) -> Dict[str, Any]:
         """The provenance record of this candidate (what `soup.json` stores for an ingredient)."""
@@ -276,26 +310,51 @@ def hyperparameters(candidate: Candidate) -> Dict[str, Any]:
 
 
 def resolve_all(
-    refs: Sequence[str | Candidate], hub: Optional[Hub] = None, *, allow_pickle: bool = False
+    refs: Sequence[str | Candidate],
+    hub: Optional[Hub] = None,
+    *,
+    allow_pickle: bool = False,
+    minimum: int = 1,
 ) -> List[Candidate]:
     """Resolve every reference; drop (with a warning) candidates pinned to the same commit as an earlier one.
 
+    Every reference is parsed before any is resolved, so a malformed one fails before the first Hub call.
+
+    Args:
+        refs: references or :class:`Candidate` objects.
+        hub: the Hub connection (default `Hub()`).
+        allow_pickle: accept pickle-only candidates.
+        minimum: how many distinct commits must remain (2 for a soup).
+
     Raises:
         InvalidReferenceError, CandidateNotFoundError, UnsafeWeightsError: as :meth:`Candidate.resolve`.
+        RecipeError: fewer than `minimum` distinct commits remain once duplicates are dropped.
+
+    Example:
+        >>> resolve_all(["org/run-a", "org/run-a@main", "org/run-b"], minimum=2)   # doctest: +SKIP
+        UserWarning: org/run-a@main is the same commit as org/run-a; it is used once.
     """
     hub = hub or Hub()
+    cands = [ref if isinstance(ref, Candidate) else Candidate(ref, allow_pickle=allow_pickle) for ref in refs]
     out: List[Candidate] = []
     seen: Dict[str, str] = {}
-    for ref in refs:
-        cand = ref if isinstance(ref, Candidate) else Candidate(ref, allow_pickle=allow_pickle)
+    dropped: List[str] = []
+    for cand in cands:
         if not cand.resolved:
             cand.resolve(hub)
         key = f"{cand.repo_id}@{cand.sha}" if not cand.is_local else f"local:{cand.sha}"
         if key in seen:
             warnings.warn(f"{cand.ref} is the same commit as {seen[key]}; it is used once.", stacklevel=2)
+            dropped.append(f"{cand.ref} is the same commit as {seen[key]}")
             continue
         seen[key] = cand.ref
         out.append(cand)
+    if len(out) < minimum:
+        raise RecipeError(
+            f"only {len(out)} distinct candidate(s) once duplicates are dropped"
+            + (f" ({'; '.join(dropped)})" if dropped else ""),
+            hint=f"Name at least {minimum} distinct commits (other repos, or other revisions of one repo).",
+        )
     return out
 
 
@@ -303,29 +362,140 @@ def resolve_all(
 
 
 def read_local_specs(folder: Path, weight_files: Sequence[str], ref: str) -> Dict[str, Spec]:
-    """Read tensor names, dtypes and shapes from local safetensors headers (no tensor data is read).
-
-    `safe_open` validates the header (offsets inside the file, no overlap) before anything is read.
+    """Read tensor names, dtypes and shapes from local safetensors headers, validating them (no tensor data
+    is read).
 
     Raises:
-        InvalidWeightsError: a header is malformed.
+        InvalidWeightsError: a header is malformed (see :func:`check_safetensors_header`).
     """
-    from safetensors import safe_open
-
     specs: Dict[str, Spec] = {}
     for name in weight_files:
-        try:
-            with safe_open(str(folder / name), framework="pt") as handle:
-                for key in handle.keys():
-                    sl = handle.get_slice(key)
-                    specs[key] = (str(sl.get_dtype()), tuple(int(s) for s in sl.get_shape()))
-        except Exception as err:  # safetensors raises SafetensorError / OSError on a bad file
-            raise InvalidWeightsError(
-                f"{name} is not a valid safetensors file: {err}",
-                candidate=ref,
-                hint="Re-save the model with save_pretrained; the file may be truncated or corrupted.",
-            ) from err
+        specs.update(check_safetensors_header(Path(folder) / name, ref=ref, name=name))
     return specs
+
+
+#: Bytes per element of each safetensors dtype (sub-byte and unknown dtypes are not size-checked).
+DTYPE_SIZES = {
+    "BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "F8_E4M3FN": 1, "F8_E8M0": 1,
+    "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
+    "C64": 8,
+}
+#: The largest header accepted (the safetensors library's own limit is 100 MB).
+MAX_HEADER_BYTES = 100_000_000
+
+
+def check_safetensors_header(path: Path, *, ref: str, name: Optional[str] = None) -> Dict[str, Spec]:
+    """Validate a safetensors file's header against the file before anything reads a tensor from it.
+
+    Checks: the 8-byte header length fits in the file; the header is a JSON object; every tensor has a dtype,
+    a shape of non-negative integers and ``data_offsets`` ``[begin, end]`` inside the data section; ``end -
+    begin`` equals what the dtype and shape need; no two tensors overlap.
+
+    Args:
+        path: the file.
+        ref: the candidate it belongs to (named in errors).
+        name: the file name to show (default: the path's name).
+
+    Returns:
+        tensor name -> (dtype, shape).
+
+    Raises:
+        InvalidWeightsError: the first problem found, naming the candidate and the file.
+
+    Example:
+        >>> check_safetensors_header(Path("model/model.safetensors"), ref="org/model")   # doctest: +SKIP
+        {'bert.embeddings.word_embeddings.weight': ('F32', (30522, 768)), ...}
+    """
+    import struct
+
+    shown = name or path.name
+
+    def bad(problem: str) -> InvalidWeightsError:
+        return InvalidWeightsError(
+            f"{shown} is not a valid safetensors file: {problem}",
+            candidate=ref,
+            hint="The file is truncated or corrupted (or not safetensors): re-download it or re-save the model "
+            "with save_pretrained(..., safe_serialization=True).",
+        )
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise bad(f"the file has {size} bytes, too few for the 8-byte header length")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8:
+                raise bad(f"the header length ({n} bytes) is larger than the rest of the file ({size - 8} bytes)")
+            if n > MAX_HEADER_BYTES:
+                raise bad(f"the header length ({n} bytes) is over the {MAX_HEADER_BYTES}-byte limit")
+            raw = fh.read(n)
+    except OSError as err:
+        raise bad(f"cannot be read ({err})") from err
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise bad(f"the header is not valid JSON ({err})") from err
+    if not isinstance(header, dict):
+        raise bad("the header is not a JSON object")
+    data_size = size - 8 - n
+    specs: Dict[str, Spec] = {}
+    spans = []
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise bad(f"tensor {key!r} has no description")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise bad(f"tensor {key!r} has no dtype")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                                  for d in shape):
+            raise bad(f"tensor {key!r} has an invalid shape {shape!r}")
+        if (not isinstance(offsets, list) or len(offsets) != 2
+                or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+            raise bad(f"tensor {key!r} has invalid data_offsets {offsets!r}")
+        begin, end = offsets
+        if not 0 <= begin <= end:
+            raise bad(f"tensor {key!r} has data_offsets {offsets} that do not make a range")
+        if end > data_size:
+            raise bad(f"tensor {key!r} ends at byte {end} of the data, beyond its end ({data_size} bytes)")
+        if dtype in DTYPE_SIZES:
+            need = DTYPE_SIZES[dtype]
+            for d in shape:
+                need *= d
+            if end - begin != need:
+                raise bad(f"tensor {key!r} declares {end - begin} bytes but a {dtype} tensor of shape {shape} "
+                          f"needs {need}")
+        spans.append((begin, end, key))
+        specs[key] = (dtype, tuple(shape))
+    spans.sort()
+    for (b1, e1, k1), (b2, e2, k2) in zip(spans, spans[1:]):
+        if b2 < e1:
+            raise bad(f"tensors {k1!r} (bytes {b1}-{e1}) and {k2!r} (bytes {b2}-{e2}) overlap")
+    return specs
+
+
+def _check_shard_index(get, files: Sequence[str], ref: str, *, where: str) -> None:
+    """A sharded checkpoint's index must name only shards that exist (checked before any is downloaded)."""
+    index = "model.safetensors.index.json"
+    if index not in files:
+        return
+    try:
+        weight_map = json.loads(Path(get(index)).read_text())["weight_map"]
+        shards = sorted(set(weight_map.values()))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise InvalidWeightsError(
+            f"{index} cannot be read: {err}", candidate=ref,
+            hint="Re-save the model with save_pretrained; the index is corrupted.",
+        ) from err
+    missing = [s for s in shards if s not in files]
+    if missing:
+        raise CandidateNotFoundError(
+            f"{index} names {', '.join(missing)}, which is not in {where}",
+            candidate=ref,
+            hint="The upload is incomplete: push the missing shard(s), or pin a revision that has them.",
+        )
 
 
 def folder_hash(folder: Path) -> str:

@@ -489,6 +489,7 @@ def verify_lineage(
     head_distance: float = 0.5,
     head_ratio: float = 10.0,
     allow_pickle: bool = False,
+    before_download: Optional[Callable[[List[Candidate]], None]] = None,
 ) -> LineageReport:
     """Check that candidates share one base model revision and can be averaged.
 
@@ -504,6 +505,8 @@ def verify_lineage(
         head_distance: relative distance between candidates above which a head tensor counts as far apart.
         head_ratio: how many times the backbone's typical distance a head must exceed to be flagged.
         allow_pickle: accept pickle-only candidates.
+        before_download: called with the resolved candidates once the metadata checks pass and before any
+            weight is downloaded, e.g. to check the evaluation set-up first (its errors propagate).
 
     Returns:
         A :class:`LineageReport` listing every problem (``report.ok`` when there is none).
@@ -526,6 +529,8 @@ def verify_lineage(
     _check_base(report, cands, base_cand)
     _check_metadata(report, cands)
     _check_tensors(report, cands, base_cand)
+    if before_download is not None and report.ok:
+        before_download(cands)
     if check_weights and report.ok and (base_cand is not None or len(cands) >= 2):
         _check_weights(
             report, cands, base_cand, hub,

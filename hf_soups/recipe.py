@@ -16,18 +16,21 @@ import dataclasses
 import difflib
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Type, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
-from .errors import RecipeError
+from .errors import EvaluationError, RecipeError
 
 T = TypeVar("T")
 
 #: Methods a recipe may name (see :mod:`hf_soups.methods`).
 METHOD_NAMES = ("uniform", "weighted", "greedy", "learned", "interpolate")
+#: File suffixes that mark `evaluation.dataset` as a local file.
+_DATA_SUFFIXES = (".tsv", ".csv", ".json", ".jsonl", ".parquet", ".txt", ".arrow")
 
 
 @dataclass
@@ -127,7 +130,8 @@ class SoupConfig:
         method: ``uniform``, ``weighted``, ``greedy``, ``learned`` or ``interpolate``.
         base: the base model every candidate must come from (``id@rev`` or folder); needed by ``interpolate``.
         weights: per-candidate weights for ``weighted``.
-        normalize: normalise `weights` to sum to one (otherwise they must already).
+        normalize: rescale `weights` to sum to one; off by default, so weights that do not sum to one are an
+            error rather than silently rescaled.
         alphas: interpolation factors for ``interpolate`` (WiSE-FT: ``(1-a)*base + a*finetuned``).
         greedy, learned: method settings.
         evaluation: held-out evaluation (required by greedy and learned, optional otherwise).
@@ -145,7 +149,7 @@ class SoupConfig:
     method: str = "uniform"
     base: Optional[str] = None
     weights: Optional[List[float]] = None
-    normalize: bool = True
+    normalize: bool = False
     alphas: Optional[List[float]] = None
     greedy: GreedyConfig = field(default_factory=GreedyConfig)
     learned: LearnedConfig = field(default_factory=LearnedConfig)
@@ -162,7 +166,15 @@ class SoupConfig:
     # -- validation ------------------------------------------------------------------------------------------
 
     def validate(self) -> "SoupConfig":
-        """Check values a type cannot express; raise :class:`RecipeError` naming the field and the fix."""
+        """Check values a type cannot express; raise :class:`RecipeError` naming the field and the fix.
+
+        A candidate named twice is used once (with a warning), unless per-candidate `weights` make that ambiguous.
+
+        Raises:
+            RecipeError: a value is invalid (the message names the field and the fix).
+            EvaluationError: the held-out dataset is a local file that does not exist.
+        """
+        self._drop_repeated_candidates()
         if self.method not in METHOD_NAMES:
             close = difflib.get_close_matches(self.method, METHOD_NAMES, n=1)
             raise RecipeError(
@@ -199,10 +211,37 @@ class SoupConfig:
             raise RecipeError(f"learned.granularity must be 'model' or 'layer', got {self.learned.granularity!r}")
         if self.accumulate_dtype not in ("float32", "float64"):
             raise RecipeError(f"accumulate_dtype must be float32 or float64, got {self.accumulate_dtype!r}")
-        if len(set(self.candidates)) != len(self.candidates):
-            dupes = sorted({c for c in self.candidates if self.candidates.count(c) > 1})
-            raise RecipeError(f"duplicate candidates: {', '.join(dupes)}", hint="Name each candidate once.")
+        self._check_dataset_path()
         return self
+
+    def _drop_repeated_candidates(self) -> None:
+        """Use a candidate named twice once (with a warning); with per-candidate weights it is an error."""
+        seen: List[str] = []
+        for ref in self.candidates:
+            if ref not in seen:
+                seen.append(ref)
+        if len(seen) == len(self.candidates):
+            return
+        repeated = sorted({c for c in self.candidates if self.candidates.count(c) > 1})
+        if self.weights is not None:
+            raise RecipeError(
+                f"{', '.join(repeated)} is named twice, so which weight applies is ambiguous",
+                hint="Name each candidate once, with one weight each.",
+            )
+        warnings.warn(f"{', '.join(repeated)} is named twice; it is used once.", UserWarning, stacklevel=3)
+        self.candidates = seen
+
+    def _check_dataset_path(self) -> None:
+        """A held-out dataset given as a local file must exist (checked before anything is downloaded)."""
+        name = self.evaluation.dataset if self.evaluation is not None else None
+        if not name or not isinstance(name, str):
+            return
+        looks_local = name.startswith((".", "/", "~")) or Path(name).suffix.lower() in _DATA_SUFFIXES
+        if looks_local and not Path(name).expanduser().exists():
+            raise EvaluationError(
+                f"dataset file {name} not found (relative to {Path.cwd()})",
+                hint="Check the path of evaluation.dataset (--eval-dataset), or name a Hub dataset (org/name).",
+            )
 
     # -- (de)serialisation -----------------------------------------------------------------------------------
 
@@ -249,8 +288,12 @@ class SoupConfig:
         path.write_text(text)
 
 
-def validate_weights(weights: Optional[List[float]], n: int, *, normalize: bool = True) -> List[float]:
-    """Check per-candidate weights and return them (normalised to sum to one unless `normalize` is False).
+def validate_weights(weights: Optional[List[float]], n: int, *, normalize: bool = False) -> List[float]:
+    """Check per-candidate weights and return them (rescaled to sum to one when `normalize` is True).
+
+    Example:
+        >>> validate_weights([1, 3], 2, normalize=True)
+        [0.25, 0.75]
 
     Raises:
         RecipeError: wrong count, NaN, negative, all zero, or (without normalisation) not summing to one.
@@ -271,7 +314,8 @@ def validate_weights(weights: Optional[List[float]], n: int, *, normalize: bool 
         return [float(w) / total for w in weights]
     if abs(total - 1.0) > 1e-6:
         raise RecipeError(f"the weights sum to {total:.6g}, not 1 (normalize is off)",
-                          hint="Make them sum to one, or set normalize: true.")
+                          hint="Make them sum to one, or ask for rescaling (normalize: true in a recipe, "
+                               "normalize=True in Python).")
     return [float(w) for w in weights]
 
 

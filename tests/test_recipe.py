@@ -47,9 +47,9 @@ def test_bad_weights(weights, message):
 
 
 def test_weights_normalised_or_checked():
-    assert validate_weights([1, 3], 2) == [0.25, 0.75]
+    assert validate_weights([1, 3], 2, normalize=True) == [0.25, 0.75]
     with pytest.raises(RecipeError, match="sum to 4"):
-        validate_weights([1, 3], 2, normalize=False)
+        validate_weights([1, 3], 2)
     assert math.isclose(sum(validate_weights([0.2, 0.8], 2, normalize=False)), 1.0)
 
 
@@ -62,5 +62,6 @@ def test_validate_method_rules():
         SoupConfig(candidates=["a/b", "c/d"], method="greedy").validate()
     with pytest.raises(RecipeError, match="needs `base`"):
         SoupConfig(candidates=["a/b"], method="interpolate").validate()
-    with pytest.raises(RecipeError, match="duplicate candidates"):
-        SoupConfig(candidates=["a/b", "a/b"]).validate()
+    with pytest.warns(UserWarning, match="a/b is named twice; it is used once"):
+        with pytest.raises(RecipeError, match="at least 2 candidates, got 1"):
+            SoupConfig(candidates=["a/b", "a/b"]).validate()
