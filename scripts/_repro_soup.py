@@ -353,26 +353,30 @@ def plot(result: Dict[str, Any], path: Path) -> None:
     best = next(r for r in rows if r["model"] == result["best_single"])
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=150)
     lrs = sorted({r["learning_rate"] for r in ing})
-    cmap = plt.get_cmap("viridis")
+    palette = ["#4C72B0", "#55A868", "#C44E52", "#8172B2", "#CCB974", "#64B5CD"]
     for j, lr in enumerate(lrs):
         pts = [r for r in ing if r["learning_rate"] == lr]
-        ax.scatter([100 * r["dev"] for r in pts], [100 * r["test"] for r in pts], s=40,
-                   color=cmap(j / max(len(lrs) - 1, 1)), label=f"fine-tune, lr {lr:g}", zorder=3)
+        ax.scatter([100 * r["dev"] for r in pts], [100 * r["test"] for r in pts], s=45, alpha=0.9,
+                   color=palette[j % len(palette)], label=f"fine-tune, lr {lr:g}", zorder=3)
     styles = {"uniform soup": ("o", "tab:blue"), "greedy soup": ("*", "tab:red"),
               "learned soup": ("D", "tab:purple"), "logit ensemble": ("s", "tab:gray")}
     for label, (marker, color) in styles.items():
         r = next(x for x in rows if x["model"] == label)
         if r["test"] is None:
             continue
-        ax.scatter([100 * r["dev"]], [100 * r["test"]], marker=marker, s=180 if marker == "*" else 90,
-                   color=color, edgecolor="black", linewidth=0.6, label=label, zorder=4)
+        ax.scatter([100 * r["dev"]], [100 * r["test"]], marker=marker, s=220 if marker == "*" else 80,
+                   color=color, edgecolor="black", linewidth=0.6, alpha=0.85, label=label,
+                   zorder=5 if marker == "*" else 4)
+        ax.annotate(label.replace(" soup", ""), (100 * r["dev"], 100 * r["test"]), textcoords="offset points",
+                    xytext=(8, -12 + 9 * list(styles).index(label)), fontsize=7, color=color)
     ax.axhline(100 * best["test"], color="black", linestyle="--", linewidth=0.8,
                label="best single model (by dev), test")
     ax.set_xlabel(f"dev accuracy (%), {result['dev_rows']} rows: used for selection")
     ax.set_ylabel(f"test accuracy (%), {result['test_rows']} rows")
     ax.set_title(f"SST-2, {result['n_ingredients']} MiniLM-L6 fine-tunes: soups vs ingredients", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.margins(0.12)
+    ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
