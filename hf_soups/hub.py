@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import re
+import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from huggingface_hub import CommitOperationAdd, HfApi, constants, hf_hub_download, snapshot_download
 from huggingface_hub.errors import (
     EntryNotFoundError,
     GatedRepoError,
     HfHubHTTPError,
+    LocalEntryNotFoundError,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
@@ -28,6 +30,9 @@ from huggingface_hub.hf_api import ModelInfo
 
 from . import errors as _errors
 from .errors import AuthenticationError, CandidateNotFoundError, EvaluationError, HubError, PushError
+from .progress import get_logger
+
+logger = get_logger(__name__)
 
 if hasattr(_errors, "RepoNotVisibleError"):
     RepoNotVisibleError = _errors.RepoNotVisibleError
@@ -38,6 +43,21 @@ else:  # pragma: no cover - until errors.py carries it (requested in .notes/requ
 
 #: (dtype, shape) of one tensor, as read from a safetensors header.
 Spec = Tuple[str, Tuple[int, ...]]
+T = TypeVar("T")
+
+# What counts as transient is the client's own definition (its backoff helper's defaults); the fallbacks are the
+# same values, for a huggingface_hub that moves these private names.
+try:
+    from huggingface_hub.utils._http import _DEFAULT_RETRY_ON_EXCEPTIONS as _TRANSIENT_EXCEPTIONS
+    from huggingface_hub.utils._http import _DEFAULT_RETRY_ON_STATUS_CODES as _TRANSIENT_STATUSES
+    from huggingface_hub.utils._http import _parse_retry_after
+except ImportError:  # pragma: no cover - depends on the installed huggingface_hub
+    _TRANSIENT_EXCEPTIONS = (TimeoutError, ConnectionError)  # type: ignore[assignment]
+    _TRANSIENT_STATUSES = (408, 429, 500, 502, 503, 504)
+
+    def _parse_retry_after(headers: Any) -> Optional[int]:
+        value = str(headers.get("Retry-After", "")).strip()
+        return int(value) if value.isdigit() else None
 
 _TOKEN_RE = re.compile(r"hf_[A-Za-z0-9_]{6,}")
 
@@ -50,10 +70,18 @@ def redact(text: str) -> str:
 class Hub:
     """A Hub connection: token, endpoint and cache shared by every call of one soup run.
 
+    Reads are retried when the Hub fails transiently (see :meth:`_retrying`); writes never are.
+
     Args:
         token: a Hub token; `None` uses the client's own lookup (`HF_TOKEN`, the stored login).
         endpoint: the Hub URL; `None` uses `huggingface_hub.constants.ENDPOINT` (`HF_ENDPOINT`).
         cache_dir: the download cache; `None` uses the client's (`HF_HUB_CACHE`).
+        max_retries: how many times a read is tried again after a transient failure (HTTP 408/429/5xx, timeout,
+            dropped connection).
+        retry_wait: the first wait between tries in seconds, doubled each time (at most 8 s); a ``Retry-After``
+            header from the Hub takes precedence (at most 60 s).
+        timeout: seconds to wait for an API answer (repo info, safetensors headers); the client waits forever
+            by default. File downloads use the client's own timeouts (``HF_HUB_DOWNLOAD_TIMEOUT``).
 
     Example:
         >>> hub = Hub()
@@ -61,11 +89,26 @@ class Hub:
     """
 
     def __init__(
-        self, token: Optional[str] = None, endpoint: Optional[str] = None, cache_dir: Optional[str] = None
+        self,
+        token: Optional[str] = None,
+        endpoint: Optional[str] = None,
+        cache_dir: Optional[str] = None,
+        *,
+        max_retries: int = 4,
+        retry_wait: float = 1.0,
+        timeout: Optional[float] = 60.0,
     ) -> None:
         self.token = token
         self._endpoint = endpoint
         self.cache_dir = cache_dir
+        self.max_retries = max_retries
+        self.retry_wait = retry_wait
+        self.timeout = timeout
+
+    def redact(self, text: str) -> str:
+        """`redact`, plus this connection's own token whatever its form."""
+        text = redact(text)
+        return text.replace(self.token, "***") if self.token and len(self.token) >= 4 else text
 
     @property
     def endpoint(self) -> str:
@@ -88,7 +131,10 @@ class Hub:
             HubError: the Hub failed after the client's retries.
         """
         with self._translate(ref, repo_id=repo_id, revision=revision):
-            return self.api.model_info(repo_id, revision=revision, files_metadata=True)
+            return self._retrying(
+                lambda: self.api.model_info(repo_id, revision=revision, files_metadata=True, timeout=self.timeout),
+                what=f"reading {repo_id}",
+            )
 
     def download(self, repo_id: str, filename: str, sha: str, *, ref: str) -> Path:
         """Download one file at a pinned commit (through the client's cache) and return its local path.
@@ -97,31 +143,39 @@ class Hub:
             CandidateNotFoundError: the file (or repo, revision) does not exist.
         """
         with self._translate(ref, repo_id=repo_id, revision=sha, filename=filename):
-            return Path(
-                hf_hub_download(
-                    repo_id,
-                    filename,
-                    revision=sha,
-                    token=self.token,
-                    cache_dir=self.cache_dir,
-                    endpoint=self._endpoint,
-                    library_name="hf-soups",
-                )
+            return self._retrying(
+                lambda: Path(
+                    hf_hub_download(
+                        repo_id,
+                        filename,
+                        revision=sha,
+                        token=self.token,
+                        cache_dir=self.cache_dir,
+                        endpoint=self._endpoint,
+                        library_name="hf-soups",
+                    )
+                ),
+                what=f"downloading {filename} of {repo_id}",
             )
 
     def snapshot(self, repo_id: str, sha: str, *, allow_patterns: Optional[Sequence[str]] = None, ref: str) -> Path:
         """Download the files of a repo at a pinned commit that match `allow_patterns`; return the folder."""
         with self._translate(ref, repo_id=repo_id, revision=sha):
-            return Path(
-                snapshot_download(
-                    repo_id,
-                    revision=sha,
-                    allow_patterns=list(allow_patterns) if allow_patterns else None,
-                    token=self.token,
-                    cache_dir=self.cache_dir,
-                    endpoint=self._endpoint,
-                    library_name="hf-soups",
-                )
+            # A retry after a failure re-downloads only what is missing: finished files are in the cache, and
+            # a file cut short resumes from its `.incomplete` part.
+            return self._retrying(
+                lambda: Path(
+                    snapshot_download(
+                        repo_id,
+                        revision=sha,
+                        allow_patterns=list(allow_patterns) if allow_patterns else None,
+                        token=self.token,
+                        cache_dir=self.cache_dir,
+                        endpoint=self._endpoint,
+                        library_name="hf-soups",
+                    )
+                ),
+                what=f"downloading {repo_id}",
             )
 
     def safetensors_specs(self, repo_id: str, sha: str, *, ref: str) -> Dict[str, Spec]:
@@ -131,7 +185,10 @@ class Hub:
         sharded checkpoints).
         """
         with self._translate(ref, repo_id=repo_id, revision=sha):
-            meta = self.api.get_safetensors_metadata(repo_id, revision=sha)
+            meta = self._retrying(
+                lambda: self.api.get_safetensors_metadata(repo_id, revision=sha, timeout=self.timeout),
+                what=f"reading the safetensors headers of {repo_id}",
+            )
         specs: Dict[str, Spec] = {}
         for file_meta in meta.files_metadata.values():
             for name, info in file_meta.tensors.items():
@@ -220,10 +277,39 @@ class Hub:
                 hint=f"Use a token with write access to {repo_id} (HF_TOKEN or --token). {retry}",
             ) from err
         except HfHubHTTPError as err:
-            raise PushError(f"pushing to {repo_id} failed: {redact(str(err).splitlines()[0])}", hint=retry) from err
-        except OSError as err:  # connection errors
-            raise PushError(f"pushing to {repo_id} failed: {redact(str(err))}", hint=retry) from err
+            raise PushError(f"pushing to {repo_id} failed: {self.redact(_first_line(err))}", hint=retry) from err
+        except (OSError, *_TRANSIENT_EXCEPTIONS) as err:  # connection errors
+            raise PushError(f"pushing to {repo_id} failed: {self.redact(_first_line(err))}", hint=retry) from err
         return str(info.commit_url)
+
+    # -- retries ---------------------------------------------------------------------------------------------
+
+    def _retrying(self, call: Callable[[], T], *, what: str) -> T:
+        """Run a read, trying again (at most `max_retries` times) when the Hub fails transiently.
+
+        Why here and not only in the client: huggingface_hub 2.4 retries a file's metadata HEAD (on 429, 5xx and
+        network errors, when nothing is cached) and a file body on 408/429 (honouring ``Retry-After``), and it
+        resumes a body cut mid-way; but it raises at once on a 5xx answer to the body GET, and never retries API
+        calls (`model_info`) or the Range reads of `get_safetensors_metadata`. Those calls are reads, safe to
+        repeat, so they are repeated whole here, on what the client's own backoff helper calls transient (its
+        status list and exception types), waiting what ``Retry-After`` says or backing off exponentially like
+        the client. A download repeated after a failure resumes from the client's cache. Writes are never
+        repeated: a commit whose answer was lost may have landed.
+        """
+        wait = self.retry_wait
+        for attempt in range(self.max_retries + 1):
+            try:
+                return call()
+            except Exception as err:  # noqa: BLE001 - filtered by _transient just below
+                delay = _transient(err)
+                if delay is None or attempt >= self.max_retries:
+                    raise
+                pause = min(float(delay), 60.0) if delay >= 0 else wait
+                logger.warning("%s failed (%s); retrying in %.1fs [retry %d/%d]", what,
+                               self.redact(_first_line(err)), pause, attempt + 1, self.max_retries)
+                time.sleep(pause)
+                wait = min(wait * 2, 8.0)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     # -- errors ----------------------------------------------------------------------------------------------
 
@@ -245,6 +331,13 @@ class Hub:
                 f"revision {revision!r} does not exist in {repo_id}",
                 candidate=ref,
                 hint=f"Check the branch, tag or commit sha (list them with `HfApi().list_repo_refs({repo_id!r})`).",
+            ) from err
+        except LocalEntryNotFoundError as err:  # the client could not reach the Hub and nothing was cached
+            cause = err.__cause__ or err.__context__ or err
+            raise HubError(
+                f"cannot download from {repo_id} at {revision}: {self.redact(_first_line(cause))}",
+                candidate=ref,
+                hint="Check the network or HF_ENDPOINT and retry; finished files stay in the cache.",
             ) from err
         except EntryNotFoundError as err:
             raise CandidateNotFoundError(
@@ -269,16 +362,51 @@ class Hub:
             ) from err
         except HfHubHTTPError as err:
             raise HubError(
-                f"the Hub failed on {repo_id}: {redact(str(err).splitlines()[0])}",
+                f"the Hub failed on {repo_id}"
+                + (f" after {self.max_retries} retries" if _transient(err) is not None else "")
+                + f": {self.redact(_first_line(err))}",
                 candidate=ref,
                 hint="Retry later; downloads resume from the cache.",
             ) from err
-        except (OSError, ConnectionError) as err:
+        except (OSError, *_TRANSIENT_EXCEPTIONS) as err:
             raise HubError(
-                f"cannot reach the Hub at {self.endpoint}: {redact(str(err))}",
+                f"cannot reach the Hub at {self.endpoint}: {self.redact(_first_line(err))}",
                 candidate=ref,
                 hint="Check the network or HF_ENDPOINT; set HF_HUB_OFFLINE=1 to use only cached files.",
             ) from err
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error, plus what the Hub said (``X-Error-Message``) for an HTTP error."""
+    text = str(err).strip()
+    line = text.splitlines()[0] if text else type(err).__name__
+    server = getattr(err, "server_message", None)
+    if server and server.strip() and server.strip() not in line:
+        line = f"{line} ({server.strip().splitlines()[0]})"
+    return line
+
+
+def _transient(err: BaseException) -> Optional[float]:
+    """How long to wait before retrying `err` (-1: the default backoff), or None when it is not transient.
+
+    Looks through the exception's causes: the client wraps a failed metadata call in `LocalEntryNotFoundError`.
+    """
+    seen = 0
+    current: Optional[BaseException] = err
+    while current is not None and seen < 5:
+        if isinstance(current, (RepositoryNotFoundError, RevisionNotFoundError)):
+            return None
+        if isinstance(current, HfHubHTTPError):
+            status = _status(current)
+            if status not in _TRANSIENT_STATUSES:
+                return None
+            after = _parse_retry_after(current.response.headers) if current.response is not None else None
+            return float(after) if after is not None else -1.0
+        if isinstance(current, _TRANSIENT_EXCEPTIONS):
+            return -1.0
+        current = current.__cause__ or current.__context__
+        seen += 1
+    return None
 
 
 def _status(err: HfHubHTTPError) -> Optional[int]:

@@ -6,9 +6,20 @@
 - `hf_soups.testing.pytest_plugin`: pytest fixtures (``local_hub``, ``session_local_hub``, ``shared_local_hub``).
 """
 
-from . import factories
+from typing import Any
+
 from ._handler import RequestRecord
 from .faults import FaultRule, Faults
 from .server import LocalHub
 
 __all__ = ["FaultRule", "Faults", "LocalHub", "RequestRecord", "factories"]
+
+
+def __getattr__(name: str) -> Any:
+    # `factories` imports torch and transformers: load it on first use, so that the server alone
+    # (`python -m hf_soups.testing`) starts in a fraction of a second.
+    if name == "factories":
+        import importlib
+
+        return importlib.import_module(f"{__name__}.factories")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

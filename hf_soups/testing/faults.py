@@ -182,7 +182,8 @@ class Faults:
         """
         return self.add(FaultRule("delay", path, method, count, seconds=seconds))
 
-    def fail_commit(self, repo_id: Optional[str] = None, *, status: int = 500, count: Optional[int] = 1) -> FaultRule:
+    def fail_commit(self, repo_id: Optional[str] = None, *, status: int = 500, count: Optional[int] = 1,
+                    message: str = "Commit failed (injected by LocalHub)") -> FaultRule:
         """Make the next `count` pushes fail at the commit step: the server reads the whole commit payload,
         answers `status`, and commits nothing (branches are unchanged; uploaded LFS objects stay stored, as on
         the Hub).
@@ -191,10 +192,11 @@ class Faults:
             repo_id: only commits to this repo; None for any repo.
             status: the HTTP status to answer.
             count: number of commits to fail.
+            message: the ``X-Error-Message`` header sent.
 
         Returns:
             The installed rule.
         """
         repo = re.escape(repo_id) if repo_id else ".+"
         return self.add(FaultRule("error", rf"^/api/(models|datasets|spaces)/{repo}/commit/", "POST", count,
-                                  status=status, message="Commit failed (injected by LocalHub)"))
+                                  status=status, message=message))
