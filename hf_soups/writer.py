@@ -2,9 +2,10 @@
 
 What is here and why it is not a library call:
 
-- :func:`plan_shards` is `huggingface_hub.split_torch_state_dict_into_shards` run over *meta* tensors built from
-  the specs, so the shard boundaries and file names are exactly those of `save_pretrained`
-  (``model.safetensors`` or ``model-00001-of-0000N.safetensors``) without any weight in memory.
+- :func:`plan_shards` is `huggingface_hub.split_state_dict_into_shards_factory` (what
+  `split_torch_state_dict_into_shards`, and so `save_pretrained`, use) run over the specs, so the shard
+  boundaries and file names are exactly those of `save_pretrained` (``model.safetensors`` or
+  ``model-00001-of-0000N.safetensors``) without any weight in memory.
 - :class:`ShardedSafetensorsWriter` writes the safetensors format by hand (8-byte header length, JSON header,
   raw little-endian bytes). `safetensors.torch.save_file` needs every tensor of a shard in memory at once
   (a 5 GB shard is 5 GB of RAM); since the header only needs names, dtypes and shapes, which are known before
@@ -129,12 +130,18 @@ def plan_shards(specs: Mapping[str, TensorSpec], max_shard_size: Union[int, str]
     Returns:
         Shard file name -> tensor names in it (one ``model.safetensors`` when everything fits).
     """
-    from huggingface_hub import split_torch_state_dict_into_shards
+    from huggingface_hub import constants, split_state_dict_into_shards_factory
 
-    # Meta tensors carry shape and dtype but no storage: the split needs nothing else, and treats meta
-    # tensors as never tied (aliases were removed before, see write_state_dict).
-    meta = {name: torch.empty(spec.shape, dtype=spec.torch_dtype, device="meta") for name, spec in specs.items()}
-    split = split_torch_state_dict_into_shards(meta, max_shard_size=max_shard_size)
+    # The generic splitter behind `split_torch_state_dict_into_shards`, with the specs' sizes: the same shard
+    # boundaries and file names, without building tensors (the torch version also imports
+    # torch.distributed.tensor on first use, ~1-2 s). Aliases were removed before (see write_state_dict).
+    split = split_state_dict_into_shards_factory(
+        dict(specs),
+        get_storage_size=lambda spec: spec.nbytes,
+        get_storage_id=lambda spec: None,
+        filename_pattern=constants.SAFETENSORS_WEIGHTS_FILE_PATTERN,
+        max_shard_size=max_shard_size,
+    )
     return {fname: list(names) for fname, names in split.filename_to_tensors.items()}
 
 
