@@ -156,6 +156,9 @@ class Hub:
                     )
                 ),
                 what=f"downloading {filename} of {repo_id}",
+                # the client retries 408/429 and resumes after network errors itself; it raises on a 5xx body
+                statuses=[code for code in _TRANSIENT_STATUSES if code >= 500],
+                exceptions=(),
             )
 
     def snapshot(self, repo_id: str, sha: str, *, allow_patterns: Optional[Sequence[str]] = None, ref: str) -> Path:
@@ -252,11 +255,17 @@ class Hub:
         `create_commit` with all operations, not `upload_folder`: with Xet available, `upload_folder` may split
         a large folder over several commits, and a soup must be published whole or not at all.
 
+        The commit is made on top of the head read just before (`parent_commit`), so a push never lands on a
+        branch that moved meanwhile. When the commit request fails without a clear refusal (connection lost,
+        5xx), the commit may still have landed: the branch head is read back, and a new commit with this
+        message on top of that parent counts as published.
+
         Returns:
             The commit URL.
 
         Raises:
-            PushError: creating the repo or the commit failed; nothing was published.
+            PushError: creating the repo or the commit failed; nothing was published. The message names the
+                command that publishes the saved folder alone (``hf-soups push DIR REPO``).
         """
         folder = Path(folder)
         operations = [
@@ -265,26 +274,56 @@ class Hub:
             if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         ]
         retry = f"The soup is saved in {folder}; publish it alone with: hf-soups push {folder} {repo_id}"
+        api = self.api
+        parent: Optional[str] = None
         try:
-            api = self.api
             api.create_repo(repo_id, private=bool(private), exist_ok=True)
+            parent = self._retrying(lambda: api.model_info(repo_id, timeout=self.timeout).sha,
+                                    what=f"reading {repo_id}")
             info = api.create_commit(
-                repo_id, operations, commit_message=commit_message, commit_description=commit_description
+                repo_id, operations, commit_message=commit_message, commit_description=commit_description,
+                parent_commit=parent,
             )
         except RepositoryNotFoundError as err:
             raise PushError(
                 f"cannot write to {repo_id}: the repo is not visible with this token",
                 hint=f"Use a token with write access to {repo_id} (HF_TOKEN or --token). {retry}",
             ) from err
-        except HfHubHTTPError as err:
-            raise PushError(f"pushing to {repo_id} failed: {self.redact(_first_line(err))}", hint=retry) from err
-        except (OSError, *_TRANSIENT_EXCEPTIONS) as err:  # connection errors
-            raise PushError(f"pushing to {repo_id} failed: {self.redact(_first_line(err))}", hint=retry) from err
+        except (OSError, *_TRANSIENT_EXCEPTIONS) as err:  # HfHubHTTPError is an OSError too
+            status = _status(err) if isinstance(err, HfHubHTTPError) else None
+            landed = self._landed(api, repo_id, parent, commit_message) if status is None or status >= 500 else None
+            if landed is not None:
+                logger.warning("the answer to the commit on %s was lost (%s), but the commit landed: %s",
+                               repo_id, self.redact(_first_line(err)), landed)
+                return landed
+            what = "refused" if status in (401, 403) else "failed"
+            hint = (f"Use a token with write access to {repo_id} (HF_TOKEN or --token). {retry}"
+                    if status in (401, 403) else retry)
+            raise PushError(f"pushing to {repo_id} {what}: {self.redact(_first_line(err))}", hint=hint) from err
         return str(info.commit_url)
+
+    def _landed(self, api: HfApi, repo_id: str, parent: Optional[str], message: str) -> Optional[str]:
+        """The URL of a commit titled `message` made right on top of `parent`, if the branch head is one."""
+        if parent is None:
+            return None
+        try:
+            commits = api.list_repo_commits(repo_id)
+        except (OSError, *_TRANSIENT_EXCEPTIONS):
+            return None
+        if len(commits) >= 2 and commits[1].commit_id == parent and commits[0].title == message.strip():
+            return f"{self.endpoint}/{repo_id}/commit/{commits[0].commit_id}"
+        return None
 
     # -- retries ---------------------------------------------------------------------------------------------
 
-    def _retrying(self, call: Callable[[], T], *, what: str) -> T:
+    def _retrying(
+        self,
+        call: Callable[[], T],
+        *,
+        what: str,
+        statuses: Sequence[int] = _TRANSIENT_STATUSES,
+        exceptions: Tuple[type, ...] = _TRANSIENT_EXCEPTIONS,
+    ) -> T:
         """Run a read, trying again (at most `max_retries` times) when the Hub fails transiently.
 
         Why here and not only in the client: huggingface_hub 2.4 retries a file's metadata HEAD (on 429, 5xx and
@@ -295,14 +334,19 @@ class Hub:
         status list and exception types), waiting what ``Retry-After`` says or backing off exponentially like
         the client. A download repeated after a failure resumes from the client's cache. Writes are never
         repeated: a commit whose answer was lost may have landed.
+
+        What the client already retried is not retried again (the waits would multiply): `statuses` and
+        `exceptions` say what this call may repeat, and a `LocalEntryNotFoundError` (raised after the client's
+        own retries of a file's HEAD) ends it.
         """
         wait = self.retry_wait
         for attempt in range(self.max_retries + 1):
             try:
                 return call()
             except Exception as err:  # noqa: BLE001 - filtered by _transient just below
-                delay = _transient(err)
+                delay = _transient(err, statuses, exceptions)
                 if delay is None or attempt >= self.max_retries:
+                    err.hf_soups_retries = attempt  # type: ignore[attr-defined] - read by _translate's message
                     raise
                 pause = min(float(delay), 60.0) if delay >= 0 else wait
                 logger.warning("%s failed (%s); retrying in %.1fs [retry %d/%d]", what,
@@ -363,7 +407,7 @@ class Hub:
         except HfHubHTTPError as err:
             raise HubError(
                 f"the Hub failed on {repo_id}"
-                + (f" after {self.max_retries} retries" if _transient(err) is not None else "")
+                + (f" after {err.hf_soups_retries} retries" if getattr(err, "hf_soups_retries", 0) else "")
                 + f": {self.redact(_first_line(err))}",
                 candidate=ref,
                 hint="Retry later; downloads resume from the cache.",
@@ -386,26 +430,30 @@ def _first_line(err: BaseException) -> str:
     return line
 
 
-def _transient(err: BaseException) -> Optional[float]:
-    """How long to wait before retrying `err` (-1: the default backoff), or None when it is not transient.
+def _transient(
+    err: BaseException,
+    statuses: Sequence[int] = _TRANSIENT_STATUSES,
+    exceptions: Tuple[type, ...] = _TRANSIENT_EXCEPTIONS,
+) -> Optional[float]:
+    """How long to wait before retrying `err` (-1: the default backoff), or None when it is not to be retried.
 
-    Looks through the exception's causes: the client wraps a failed metadata call in `LocalEntryNotFoundError`.
+    An HTTP error counts when its status is in `statuses` (a ``Retry-After`` header sets the wait); other
+    exceptions when they (or the exception they were raised from) are one of `exceptions`.
     """
-    seen = 0
-    current: Optional[BaseException] = err
-    while current is not None and seen < 5:
-        if isinstance(current, (RepositoryNotFoundError, RevisionNotFoundError)):
+    if isinstance(err, (RepositoryNotFoundError, RevisionNotFoundError, LocalEntryNotFoundError)):
+        return None
+    if isinstance(err, HfHubHTTPError):
+        if _status(err) not in statuses:
             return None
-        if isinstance(current, HfHubHTTPError):
-            status = _status(current)
-            if status not in _TRANSIENT_STATUSES:
-                return None
-            after = _parse_retry_after(current.response.headers) if current.response is not None else None
-            return float(after) if after is not None else -1.0
-        if isinstance(current, _TRANSIENT_EXCEPTIONS):
+        after = _parse_retry_after(err.response.headers) if err.response is not None else None
+        return float(after) if after is not None else -1.0
+    current: Optional[BaseException] = err
+    for _ in range(3):
+        if current is None:
+            break
+        if exceptions and isinstance(current, exceptions):
             return -1.0
-        current = current.__cause__ or current.__context__
-        seen += 1
+        current = current.__cause__
     return None
 
 

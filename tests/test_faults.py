@@ -144,6 +144,17 @@ def test_a_push_failing_mid_commit_publishes_nothing(local_hub: LocalHub, tiny_m
     assert "model.safetensors" in local_hub.api().list_repo_files("org/soup")
 
 
+def test_a_commit_whose_answer_is_lost_is_found_published(local_hub: LocalHub, tiny_models, caplog) -> None:
+    # The server commits, then hangs up before its answer is complete: the client cannot know it worked.
+    rule = local_hub.faults.drop_connection(r"/commit/main$", method="POST", after_bytes=10)
+    with caplog.at_level(logging.WARNING, logger="hf_soups"):
+        url = _hub(token=local_hub.token).push_folder(tiny_models["ft0"], "org/soup")
+    assert rule.hits == 1
+    commits = local_hub.api().list_repo_commits("org/soup")
+    assert len(commits) == 2 and url.endswith(f"/org/soup/commit/{commits[0].commit_id}")  # published once
+    assert any("answer to the commit on org/soup was lost" in r.getMessage() for r in caplog.records)
+
+
 def test_tokens_never_appear_in_errors(local_hub: LocalHub, published: str, tiny_models) -> None:
     token = local_hub.token
     # a server (or proxy) that echoes the credentials back in its error message
