@@ -320,6 +320,7 @@ def _mix_plan(
                         writer.write(n, value)
                         hasher.update(value)
                         bar.update(value.nbytes * len(terms))
+                        num_bytes += value.nbytes
                         del value
                         continue
                     offset = 0
@@ -440,8 +441,16 @@ def _equal_across(
     return ref
 
 
-def _copy_side_files(src: Path, dst: Path, out_dtype: Optional[torch.dtype]) -> List[str]:
-    """Copy config, tokenizer and other side files (not weights, README.md, soup.json, hidden files)."""
+def _copy_side_files(src: Path, dst: Path, out_dtype: Optional[torch.dtype] = None) -> List[str]:
+    """Copy config, tokenizer, generation config and other side files of a model folder into `dst`.
+
+    Not copied: weights (``*.safetensors``, ``*.bin``, indexes, ...), ``README.md`` and ``soup.json`` (a soup
+    writes its own), hidden files and Trainer ``checkpoint-*/`` folders. With `out_dtype`, config.json's dtype
+    is updated to it.
+
+    Returns:
+        The copied files, relative to `dst`, sorted.
+    """
     copied: List[str] = []
     for path in sorted(src.rglob("*")):
         rel = path.relative_to(src)
@@ -549,6 +558,9 @@ def mix(
         progress=progress,
         warnings=warnings,
     )
+
+
+copy_side_files = _copy_side_files
 
 
 # --------------------------------------------------------------------------------------------- interpolation
@@ -986,6 +998,7 @@ class RunningSum:
 
 __all__ = [
     "MixResult",
+    "copy_side_files",
     "RunningSum",
     "TensorSpec",
     "interpolate",

@@ -466,3 +466,41 @@ def test_tensor_spec():
     spec = TensorSpec("BF16", (3, 4))
     assert spec.torch_dtype == torch.bfloat16 and spec.nbytes == 24 and spec.is_floating_point
     assert TensorSpec.of(torch.zeros(2, dtype=torch.int64)) == TensorSpec("I64", (2,))
+
+
+# ------------------------------------------------------------------------------------------ side files, shard plan
+
+
+def test_side_files_copied_and_weights_not(models, tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "special_tokens_map.json", "vocab.txt"):
+        (src / name).write_text("{}" if name.endswith(".json") else "a\n")
+    for name in ("README.md", "soup.json", "pytorch_model.bin", "model.safetensors.index.json", ".hidden"):
+        (src / name).write_text("x")
+    (src / "checkpoint-5").mkdir()
+    (src / "checkpoint-5" / "trainer_state.json").write_text("{}")
+    res = mix([models["ft0"], models["ft1"]], [0.5, 0.5], tmp_path / "soup", copy_files_from=src, progress=False)
+    side = sorted(f for f in res.files if not f.endswith(".safetensors"))
+    assert side == ["config.json", "generation_config.json", "special_tokens_map.json", "tokenizer.json",
+                    "tokenizer_config.json", "vocab.txt"]
+    assert sorted(p.name for p in (tmp_path / "soup").iterdir()) == sorted(res.files)
+
+
+@pytest.mark.parametrize("max_shard_size", [1_000, 30_000, "50KB", "5GB"])
+def test_shard_plan_is_save_pretrained_s(models, max_shard_size):
+    """plan_shards (specs only) splits exactly as huggingface_hub's split of the real state dict."""
+    from huggingface_hub import split_torch_state_dict_into_shards
+
+    sd = _sd(models["ft0"])
+    specs = {n: TensorSpec.of(t) for n, t in sd.items()}
+    expected = split_torch_state_dict_into_shards(sd, max_shard_size=max_shard_size).filename_to_tensors
+    assert writer.plan_shards(specs, max_shard_size) == {f: list(ns) for f, ns in expected.items()}
+
+
+def test_num_bytes_counts_integer_tensors(tmp_path):
+    a = _write(tmp_path / "a", {"w": torch.ones(3), "ids": torch.arange(4)})
+    b = _write(tmp_path / "b", {"w": torch.zeros(3), "ids": torch.arange(4)})
+    res = mix([a, b], [0.5, 0.5], tmp_path / "o", progress=False)
+    assert res.num_bytes == 3 * 4 + 4 * 8 and res.num_tensors == 2
