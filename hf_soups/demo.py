@@ -156,10 +156,31 @@ def _seed_hub(hub: Any, base: Path, say: _Printer) -> str:
     return sha
 
 
-def _load_data(args: argparse.Namespace, cache: Path) -> Dict[str, Any]:
+@contextlib.contextmanager
+def _caches_in(folder: Path) -> Any:
+    """Point the `datasets` and `evaluate` caches at `folder` while the demo runs (the Hub cache is the
+    LocalHub's `cache_dir`): what the demo's hub serves never lands in the user's own caches."""
+    import datasets.config as dcfg
+    import evaluate.config as ecfg
+
+    saved = [(dcfg, "HF_DATASETS_CACHE"), (ecfg, "HF_EVALUATE_CACHE"), (ecfg, "HF_METRICS_CACHE"),
+             (ecfg, "HF_MODULES_CACHE"), (ecfg, "DOWNLOADED_EVALUATE_PATH")]
+    old = [getattr(m, k) for m, k in saved]
+    values = [folder / "datasets", folder / "evaluate", folder / "evaluate" / "metrics", folder / "modules",
+              folder / "evaluate" / "downloads"]
+    try:
+        for (m, k), v in zip(saved, values):
+            setattr(m, k, v if isinstance(getattr(m, k), Path) else str(v))
+        yield
+    finally:
+        for (m, k), v in zip(saved, old):
+            setattr(m, k, v)
+
+
+def _load_data(args: argparse.Namespace) -> Dict[str, Any]:
     import datasets
 
-    data = datasets.load_dataset(DATASET_ID, cache_dir=str(cache / "datasets"))
+    data = datasets.load_dataset(DATASET_ID)  # by name, through the hub
     limits = {"train": args.train_rows, "validation": args.eval_rows, "test": args.test_rows}
     out = {}
     for split, n in limits.items():
@@ -234,13 +255,6 @@ def _train_and_publish(run: _Run, base_sha: str, data: Dict[str, Any], args: arg
         f"SoupCallback published {run.repo_id[:len(USER) + len(run.name) + 12]}")
 
 
-def _accuracy_module(cache: Path) -> Any:
-    import evaluate
-
-    # The real `evaluate.load` path: the metric script is fetched from the (local) Hub's evaluate-metric Space.
-    return evaluate.load("accuracy", cache_dir=str(cache / "evaluate"))
-
-
 def _test_scores(folders: Dict[str, Path], test: Any, metric: Any, args: argparse.Namespace,
                  say: _Printer) -> Dict[str, float]:
     from .evaluation import EvalSettings, Evaluator
@@ -313,6 +327,10 @@ def run_demo(args: argparse.Namespace) -> int:
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
+    import evaluate
+
+    evaluate.utils.logging.disable_progress_bar()
+    evaluate.utils.logging.set_verbosity_error()
     from huggingface_hub import ModelCard
     from huggingface_hub.utils import disable_progress_bars
 
@@ -326,11 +344,12 @@ def run_demo(args: argparse.Namespace) -> int:
             for lr, seed in GRID[: args.ingredients]]
     with contextlib.ExitStack() as stack:
         hub = stack.enter_context(LocalHub(root=hub_root, user=USER, cache_dir=cache / "hub"))
+        stack.enter_context(_caches_in(cache))
         if not args.keep_hub:
             stack.callback(shutil.rmtree, hub_root, True)
         say(f"LocalHub serving at {hub.endpoint} (a Hub-compatible server on this machine)")
         base_sha = _seed_hub(hub, base, say)
-        data = _load_data(args, cache)
+        data = _load_data(args)
         say(f"loaded {DATASET_ID} through the hub: train {len(data['train'])}, held-out "
             f"{len(data['validation'])}" + (f", test {len(data['test'])}" if "test" in data else "") + " rows")
 
@@ -339,14 +358,22 @@ def run_demo(args: argparse.Namespace) -> int:
             _train_and_publish(run, base_sha, data, args, out, hub, say, k, len(runs))
 
         # 2. soups by repo name
-        metric = _accuracy_module(cache)
-        say("loaded the accuracy metric with evaluate.load('accuracy') through the hub")
         repos = [f"{USER}/{r.name}" for r in runs]
-        common = dict(eval_dataset=data["validation"], eval_split="validation", metric=metric,
+        # names only, as against the real Hub: the dataset and the `accuracy` metric script come from the hub
+        common = dict(eval_dataset=DATASET_ID, eval_split="validation", metric="accuracy",
                       task="sequence-classification", max_length=args.max_length, batch_size=64,
-                      cache_dir=cache / "scores", token=hub.token, dataset_name=DATASET_ID)
+                      cache_dir=cache / "scores", token=hub.token)
+        if args.eval_rows < 400:
+            common["max_samples"] = args.eval_rows
         say(f"SoupBuilder: uniform soup of {', '.join(repos)} (pulled by name, lineage verified) ...")
         uniform = _build(SoupBuilder, repos, "uniform", out / "uniform-soup", common)
+        lineage = uniform.lineage
+        if lineage is not None:
+            say(f"lineage verified: base {lineage.base}@{str(lineage.base_revision)[:10]} shared by all "
+                f"{len(repos)} ingredients (checks: {', '.join(lineage.checks)})")
+        say("held-out accuracy (evaluate 'accuracy'): " + ", ".join(
+            f"{Path(i.ref).name} {_pct(i.score)}" for i in uniform.ingredients)
+            if all(i.score is not None for i in uniform.ingredients) else "held-out accuracy measured")
         say(f"uniform soup: held-out accuracy {_pct(uniform.score)}")
         say("SoupBuilder: greedy soup (ingredients sorted by held-out accuracy, each kept if the soup "
             "does not get worse) ...")
@@ -356,10 +383,6 @@ def run_demo(args: argparse.Namespace) -> int:
             say(f"  greedy step {h['step']}: {h['ingredient']} -> held-out "
                 + (_pct(h['score']) if h['score'] is not None else "stopped early")
                 + (" kept" if h["accepted"] else " dropped"))
-        lineage = greedy.lineage
-        if lineage is not None:
-            say(f"lineage verified: base {lineage.base}@{str(lineage.base_revision)[:10]} shared by all "
-                f"{len(repos)} ingredients (checks: {', '.join(lineage.checks)})")
         url = greedy.push_to_hub(soup_repo, token=hub.token)
         say(f"pushed the greedy soup with its card: {url}")
         card = ModelCard.load(soup_repo, token=hub.token)
@@ -384,7 +407,7 @@ def run_demo(args: argparse.Namespace) -> int:
             local = {r.name: Candidate(r.repo_id).resolve(hub_client).fetch(hub_client) for r in runs}
             local["uniform soup"] = uniform.folder
             local["greedy soup"] = greedy.folder
-            test = _test_scores(local, data["test"], metric, args, say)
+            test = _test_scores(local, data["test"], "accuracy", args, say)
     rows = [dict(model=r.name, weight=f"{weights[r.name]:.3f}", dev=dev[r.name], test=test.get(r.name))
             for r in runs]
     rows.append(dict(model="uniform soup", weight="", dev=uniform.score, test=test.get("uniform soup")))
@@ -414,10 +437,8 @@ def run_demo(args: argparse.Namespace) -> int:
 
 
 def _build(builder_cls: Any, repos: List[str], method: str, folder: Path, common: Dict[str, Any]) -> Any:
-    options = dict(common)
-    options.pop("dataset_name", None)
     return builder_cls(candidates=repos, method=method, output={"dir": str(folder), "overwrite": True},
-                       **options).build()
+                       **common).build()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -208,6 +208,7 @@ def run_soup(*, smoke: bool = False, min_ingredients: int = 6, learned_steps: in
     result = {
         "ingredients_root": str(root / "ingredients"),
         "n_ingredients": len(ingredients),
+        "n_planned": len(rt.GRID),
         "dev_rows": n_dev,
         "test_rows": n_test,
         "best_single": best["model"],
@@ -262,6 +263,10 @@ def markdown(result: Dict[str, Any], figure: Path) -> str:
         f"`{result['greedy'].get('rule')}` with exact early rejection); accuracies of every model come from one "
         "`hf_soups.Evaluator` per split.",
         "",
+        *([f"**Partial run: only {result['n_ingredients']} of the {result['n_planned']} planned ingredients had "
+           "finished training when this table was made** (the soup phase ran with `--min-ingredients "
+           f"{result['n_ingredients']}`); rerun the command below once `train` has finished.", ""]
+          if result["n_ingredients"] < result.get("n_planned", 0) else []),
         "Command (after `python scripts/reproduce_sst2.py train`, which wrote the ingredients; `all` runs both):",
         "",
         "```",
