@@ -62,18 +62,19 @@ def parse_reference(ref: str) -> tuple[Optional[str], Optional[str], Optional[Pa
     text = ref.strip()
     if not text:
         raise InvalidReferenceError("empty candidate reference", hint="Name a Hub repo (org/model) or a folder.")
-    as_path = Path(text).expanduser()
+    try:
+        as_path = Path(text).expanduser()
+    except RuntimeError as err:  # "~user/..." for a user that does not exist
+        raise InvalidReferenceError(
+            f"{text!r} is not a valid Hub repo id, nor a folder ({err})",
+            hint="Use owner/name for a Hub repo; for a folder give its path (./dir, /abs/dir, ~/dir).",
+        ) from err
     if as_path.is_dir() or text.startswith((".", "/", "~")):
         return None, None, as_path
     repo_id, _, revision = text.partition("@")
     if "@" in text and not revision:
         raise InvalidReferenceError("empty revision after '@'", candidate=ref, hint="Write org/model@<branch|sha>.")
-    if ".." in repo_id or repo_id.startswith("/") or repo_id.count("/") > 1 or not _REPO_RE.match(repo_id):
-        raise InvalidReferenceError(
-            f"{repo_id!r} is not a valid Hub repo id",
-            candidate=ref,
-            hint="Use owner/name (letters, digits, '-', '_', '.'), optionally @revision; for a folder start with ./",
-        )
+    validate_repo_id(repo_id, ref=ref)
     if revision and (".." in revision or revision.startswith("/") or not _REV_RE.match(revision)):
         raise InvalidReferenceError(
             f"{revision!r} is not a valid revision",
@@ -81,6 +82,37 @@ def parse_reference(ref: str) -> tuple[Optional[str], Optional[str], Optional[Pa
             hint="Use a branch or tag name, or a commit sha (7 to 40 hex digits).",
         )
     return repo_id, revision or None, None
+
+
+def validate_repo_id(repo_id: str, *, ref: Optional[str] = None, what: str = "Hub repo id") -> str:
+    """Check that `repo_id` is a plain Hub repo id (``owner/name`` or ``name``), with no path tricks.
+
+    Refused: ``..`` anywhere, a leading ``/`` or ``~``, more than one ``/``, backslashes, and any character
+    outside letters, digits, ``-``, ``_`` and ``.`` (a name must start with a letter or digit).
+
+    Args:
+        repo_id: the id to check.
+        ref: the reference it came from (named in the error).
+        what: what the id is for, in the message (``"Hub repo id"``, ``"push target"``).
+
+    Returns:
+        `repo_id`, unchanged.
+
+    Raises:
+        InvalidReferenceError: the id is malformed.
+
+    Example:
+        >>> validate_repo_id("org/bert-sst2")
+        'org/bert-sst2'
+    """
+    if (not isinstance(repo_id, str) or ".." in repo_id or repo_id.startswith(("/", "~")) or repo_id.count("/") > 1
+            or not _REPO_RE.match(repo_id)):
+        raise InvalidReferenceError(
+            f"{repo_id!r} is not a valid {what}",
+            candidate=ref,
+            hint="Use owner/name (letters, digits, '-', '_', '.'), optionally @revision; for a folder start with ./",
+        )
+    return repo_id
 
 
 @dataclass
@@ -489,7 +521,8 @@ def _check_shard_index(get, files: Sequence[str], ref: str, *, where: str) -> No
             f"{index} cannot be read: {err}", candidate=ref,
             hint="Re-save the model with save_pretrained; the index is corrupted.",
         ) from err
-    missing = [s for s in shards if s not in files]
+    present = {f for f in files if f.endswith(".safetensors") and "/" not in f}
+    missing = [s for s in shards if s not in present]
     if missing:
         raise CandidateNotFoundError(
             f"{index} names {', '.join(missing)}, which is not in {where}",

@@ -211,6 +211,10 @@ class SoupConfig:
             raise RecipeError(f"learned.granularity must be 'model' or 'layer', got {self.learned.granularity!r}")
         if self.accumulate_dtype not in ("float32", "float64"):
             raise RecipeError(f"accumulate_dtype must be float32 or float64, got {self.accumulate_dtype!r}")
+        if self.push_to is not None:
+            from .candidates import validate_repo_id
+
+            validate_repo_id(self.push_to, what="repo id for push_to (the Hub repo to publish to)")
         self._check_dataset_path()
         return self
 
