@@ -120,6 +120,26 @@ def test_compatible_hub_candidates_pass_with_weight_checks(
     assert {r.repo_id for r in local_hub.downloads(".safetensors")} == {"org/ft0", "org/ft1", "org/base"}
 
 
+def test_each_incompatibility_is_reported_through_the_hub(local_hub: LocalHub, tiny_models: Dict[str, Path]) -> None:
+    for name in ("ft0", "ft1", "badrev", "labels", "badhead", "base"):
+        _publish(local_hub, f"org/{name}", tiny_models[name])
+    hub = Hub()
+    cases = {
+        ("org/ft0", "org/badrev"): {"base revision"},
+        ("org/ft0", "org/labels"): {"labels"},
+        ("org/ft0", "org/base"): {"architecture"},
+        ("org/ft0", "org/ft1", "org/badhead"): {"head initialisation"},
+    }
+    for refs, expected in cases.items():
+        report = verify_lineage(list(refs), hub=hub)
+        found = {p.check for p in report.errors}
+        assert expected <= found, (refs, report.summary())
+        for problem in report.errors:  # each problem names pinned candidates and a fix
+            assert problem.fix and all("@" in c and len(c.split("@")[1]) == 40 for c in problem.candidates)
+    head = next(p for p in report.errors if p.check == "head initialisation")
+    assert head.candidates == [f"org/badhead@{local_hub.head('org/badhead')}"]  # the odd one out
+
+
 def test_missing_repo_revision_and_file_name_the_candidate(
     local_hub: LocalHub, tiny_models: Dict[str, Path]
 ) -> None:
