@@ -59,12 +59,19 @@ except ImportError:  # pragma: no cover - depends on the installed huggingface_h
         value = str(headers.get("Retry-After", "")).strip()
         return int(value) if value.isdigit() else None
 
-_TOKEN_RE = re.compile(r"hf_[A-Za-z0-9_]{6,}")
+#: Hub user tokens (``hf_`` + 34 letters/digits), LocalHub tokens (``hf_local_`` + 32 hex digits) and legacy
+#: ``api_org_`` tokens; identifiers such as ``hf_hub_download`` or ``hf_soups_ingredient.json`` do not match.
+_TOKEN_RE = re.compile(r"\b(hf_(?:[A-Za-z0-9]+_)?|api_org_)[A-Za-z0-9]{20,}\b")
 
 
 def redact(text: str) -> str:
-    """Remove anything that looks like a Hub token from `text` (for messages and logs)."""
-    return _TOKEN_RE.sub("hf_***", text)
+    """Remove anything that looks like a Hub token from `text` (for messages and logs).
+
+    Example:
+        >>> redact("401 for token hf_abcdefghijklmnopqrstuvwxyz01234567 in hf_hub_download")
+        '401 for token hf_*** in hf_hub_download'
+    """
+    return _TOKEN_RE.sub(lambda m: m.group(1) + "***", text)
 
 
 class Hub:

@@ -17,7 +17,7 @@ from huggingface_hub.errors import HfHubHTTPError
 
 from hf_soups.candidates import Candidate
 from hf_soups.errors import HubError, PushError
-from hf_soups.hub import Hub
+from hf_soups.hub import Hub, redact
 from hf_soups.testing import LocalHub
 
 REPO = "org/model"
@@ -170,3 +170,6 @@ def test_tokens_never_appear_in_errors(local_hub: LocalHub, published: str, tiny
     # a token of a form the pattern does not know is still removed (Hub.redact knows its own token)
     plain = "s3cr3t-plain-token"
     assert plain not in Hub(token=plain).redact(f"denied for {plain}")
+    # identifiers that merely start with hf_ survive
+    text = "hf_hub_download could not read hf_soups_ingredient.json"
+    assert redact(text) == text and redact(f"bad {token}.") == "bad hf_local_***."
