@@ -116,6 +116,8 @@ def test_download_at_old_sha_after_new_commit(local_hub: LocalHub, tmp_path: Pat
     sha1 = _pushed(local_hub, {"weights.bin": b"old" * 10, "config.json": b'{"v": 1}'})
     _pushed(local_hub, {"weights.bin": b"new" * 10, "config.json": b'{"v": 2}'}, message="v2")
     assert Path(hf_hub_download(REPO, "weights.bin", revision=sha1)).read_bytes() == b"old" * 10
+    assert Path(hf_hub_download(REPO, "weights.bin", revision=sha1[:7])).read_bytes() == b"old" * 10
+    assert Path(snapshot_download(REPO, revision=sha1[:7])).name == sha1  # the cache keys snapshots by full sha
     assert Path(hf_hub_download(REPO, "weights.bin")).read_bytes() == b"new" * 10
     old = Path(snapshot_download(REPO, revision=sha1, local_dir=tmp_path / "old"))
     assert json.loads((old / "config.json").read_text()) == {"v": 1}
