@@ -6,6 +6,7 @@ problem) -> fetch weights -> evaluate ingredients -> mix (method) -> :class:`~hf
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -151,9 +152,23 @@ class SoupBuilder:
 
         # 1-2. resolve every candidate (headers only) and verify lineage; nothing heavy before this passes.
         refs: List[Union[str, Candidate]] = list(self._candidate_objects) or list(cfg.candidates)
-        candidates = resolve_all(refs, self.hub, allow_pickle=cfg.allow_pickle)
+        candidates = resolve_all(refs, self.hub, allow_pickle=cfg.allow_pickle,
+                                 minimum=1 if cfg.method == "interpolate" else 2)
+        if cfg.weights is not None and len(candidates) != len(refs):
+            raise RecipeError(
+                f"{len(refs) - len(candidates)} candidate(s) name a commit that another candidate names too, so "
+                "which weight applies is ambiguous",
+                hint="Name each commit once, with one weight each.",
+            )
+
+        def check_evaluation(cands: List[Candidate]) -> None:
+            # The evaluation set-up (columns, labels against the model, metric loading) fails here, from config
+            # and tokenizer files only, before any weight is downloaded.
+            if evaluator is not None:
+                evaluator.prepare(cands[0].fetch_metadata(self.hub))
+
         report = verify_lineage(candidates, base=cfg.base, hub=self.hub, check_weights=cfg.check_weights,
-                                allow_pickle=cfg.allow_pickle)
+                                allow_pickle=cfg.allow_pickle, before_download=check_evaluation)
         report.raise_for_problems()
         # pin the recipe: every candidate at its commit
         cfg.candidates = [c.pinned_ref for c in candidates]
@@ -164,18 +179,30 @@ class SoupBuilder:
         if cfg.base is not None:
             base_folder = Candidate(cfg.base, allow_pickle=cfg.allow_pickle).resolve(self.hub).fetch(self.hub)
 
-        # 4-5. evaluate and mix
-        work = Path(tempfile.mkdtemp(prefix="hf-soups-")) if out_dir is None else out_dir.parent
-        target = out_dir if out_dir is not None else work / "soup"
-        ctx = MixContext(candidates=candidates, folders=folders, config=cfg, output_dir=target,
-                         evaluator=evaluator, base_folder=base_folder)
-        if evaluator is not None:
-            evaluator.prepare(folders[0])
-        method = get_method(cfg.method)
-        if out_dir is not None and out_dir.exists() and cfg.output.overwrite:
-            shutil.rmtree(out_dir)
-        result = method.run(ctx)
-        soup = self._assemble(ctx, result, report)
+        # 4-5. evaluate and mix, into a staging folder next to the output: weights, soup.json, card and plot are
+        # all written there and renamed into place at the very end, so a failure at any step leaves either the
+        # previous output (with overwrite) or nothing, never a half-written soup.
+        if out_dir is not None:
+            out_dir.parent.mkdir(parents=True, exist_ok=True)
+            stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+        else:
+            stage = Path(tempfile.mkdtemp(prefix="hf-soups-"))
+        target = stage / "soup"
+        try:
+            ctx = MixContext(candidates=candidates, folders=folders, config=cfg, output_dir=target,
+                             evaluator=evaluator, base_folder=base_folder)
+            if evaluator is not None:
+                evaluator.prepare(folders[0])
+            result = get_method(cfg.method).run(ctx)
+            soup = self._assemble(ctx, result, report)
+            if out_dir is not None:
+                if out_dir.exists():  # empty, or non-empty with overwrite (refused above otherwise)
+                    os.replace(out_dir, stage / "previous")
+                os.replace(target, out_dir)
+                soup._relocate(out_dir)
+        finally:
+            if out_dir is not None:
+                shutil.rmtree(stage, ignore_errors=True)
         if cfg.push_to:
             soup.push_to_hub(cfg.push_to, private=cfg.private, token=self.hub.token)
         return soup

@@ -163,6 +163,12 @@ class Soup:
 
         return build_card(self)
 
+    def _relocate(self, folder: Path) -> None:
+        """Point this soup at `folder` after its files were moved there (the builder's final rename)."""
+        self.folder = Path(folder)
+        if self.plot is not None:
+            self.plot = self.folder / self.plot.name
+
     def _write_extras(self, folder: Path) -> None:
         (folder / SOUP_FILE).write_text(json.dumps(self.provenance(), indent=2, default=str))
         if self.history and self.plot is None:
