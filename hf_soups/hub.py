@@ -28,18 +28,17 @@ from huggingface_hub.errors import (
 )
 from huggingface_hub.hf_api import ModelInfo
 
-from . import errors as _errors
-from .errors import AuthenticationError, CandidateNotFoundError, EvaluationError, HubError, PushError
+from .errors import (
+    AuthenticationError,
+    CandidateNotFoundError,
+    EvaluationError,
+    HubError,
+    PushError,
+    RepoNotVisibleError,
+)
 from .progress import get_logger
 
 logger = get_logger(__name__)
-
-if hasattr(_errors, "RepoNotVisibleError"):
-    RepoNotVisibleError = _errors.RepoNotVisibleError
-else:  # pragma: no cover - until errors.py carries it (requested in .notes/requests.md)
-
-    class RepoNotVisibleError(CandidateNotFoundError, AuthenticationError):  # type: ignore[no-redef]
-        """A repo asked for without valid credentials: missing, or private (the Hub will not say which)."""
 
 #: (dtype, shape) of one tensor, as read from a safetensors header.
 Spec = Tuple[str, Tuple[int, ...]]
