@@ -309,7 +309,8 @@ def _mix_plan(
     num_bytes = 0
     try:
         with atomic_output_dir(output_dir, overwrite=overwrite) as tmp:
-            with ShardedSafetensorsWriter(tmp, out_specs, max_shard_size) as writer, _progress_bar(
+            with ShardedSafetensorsWriter(tmp, out_specs, max_shard_size,
+                                          total_parameters=_total_parameters(weights, out_specs)) as writer, _progress_bar(
                 total=total_read, desc="Mixing", unit="B", disable=None if progress else True
             ) as bar:
                 for n in names:
@@ -359,6 +360,18 @@ def _mix_plan(
         files=sorted(files),
         warnings=warnings,
     )
+
+
+def _total_parameters(weights: Sequence[_Weights], out_specs: Mapping[str, TensorSpec]) -> int:
+    """The index's ``total_parameters``: the ingredients' own (same architecture) when an index records it."""
+    from .writer import count_parameters, read_index_metadata
+
+    counted = count_parameters(out_specs)
+    for w in weights:
+        recorded = read_index_metadata(w.folder).get("total_parameters")
+        if isinstance(recorded, int) and set(w.specs) == set(out_specs):
+            return recorded
+    return counted
 
 
 def _accumulate(

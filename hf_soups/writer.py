@@ -120,6 +120,30 @@ class TensorSpec:
         return cls(dtype_name(tensor.dtype), tuple(tensor.shape))
 
 
+_BUFFER_SUFFIXES = (".running_mean", ".running_var", ".num_batches_tracked")
+
+
+def count_parameters(specs: Mapping[str, TensorSpec]) -> int:
+    """How many parameters `save_pretrained` would report for these tensors (``model.num_parameters()``).
+
+    Parameters are the floating tensors; the buffers that models persist (BatchNorm statistics, integer
+    position ids and counters) are not. Tied parameters are stored once, so they count once.
+    """
+    return sum(spec.numel for name, spec in specs.items()
+               if spec.is_floating_point and not name.endswith(_BUFFER_SUFFIXES))
+
+
+def read_index_metadata(folder: Union[str, Path]) -> Dict[str, Any]:
+    """The ``metadata`` of a folder's ``model.safetensors.index.json`` ({} when there is no index)."""
+    path = Path(folder) / WEIGHTS_INDEX_NAME
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text()).get("metadata") or {})
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
 def plan_shards(specs: Mapping[str, TensorSpec], max_shard_size: Union[int, str]) -> Dict[str, List[str]]:
     """Assign tensors to shard files exactly as `save_pretrained` does, from specs alone.
 
@@ -200,6 +224,8 @@ class ShardedSafetensorsWriter:
         specs: tensor name -> spec of every tensor to write (the shard plan follows this order).
         max_shard_size: see :func:`plan_shards`.
         metadata: safetensors header metadata; ``{"format": "pt"}`` is always set.
+        total_parameters: written in the index's metadata when sharded, as transformers' `save_pretrained`
+            does (``model.num_parameters()``); default: :func:`count_parameters` of the specs.
 
     Example:
         >>> with ShardedSafetensorsWriter(tmp, {"w": TensorSpec("F32", (2,))}, "5GB") as w:  # doctest: +SKIP
@@ -213,6 +239,7 @@ class ShardedSafetensorsWriter:
         specs: Mapping[str, TensorSpec],
         max_shard_size: Union[int, str] = "5GB",
         metadata: Optional[Mapping[str, str]] = None,
+        total_parameters: Optional[int] = None,
     ) -> None:
         if sys.byteorder != "little":  # safetensors is little-endian; we write native bytes
             raise NotImplementedError("writing safetensors on a big-endian machine is not supported")
@@ -239,6 +266,7 @@ class ShardedSafetensorsWriter:
             if total == 0:
                 self._close(index)
         self.total_size = sum(s.nbytes for s in self._slots.values())
+        self.total_parameters = count_parameters(self.specs) if total_parameters is None else int(total_parameters)
 
     def _header(self, names: List[str], meta: Dict[str, str]) -> Tuple[bytes, int, Dict[str, Tuple[int, int]]]:
         layout = sorted(names, key=lambda n: (-self.specs[n].itemsize, n))
@@ -294,7 +322,8 @@ class ShardedSafetensorsWriter:
         files = list(self.filenames)
         if len(self.filenames) > 1:
             weight_map = {name: fname for fname, names in self.plan.items() for name in names}
-            index = {"metadata": {"total_size": self.total_size}, "weight_map": weight_map}
+            index = {"metadata": {"total_parameters": self.total_parameters, "total_size": self.total_size},
+                     "weight_map": weight_map}
             with open(self.folder / WEIGHTS_INDEX_NAME, "w", encoding="utf-8") as f:
                 f.write(json.dumps(index, indent=2, sort_keys=True) + "\n")  # as save_pretrained writes it
             files.append(WEIGHTS_INDEX_NAME)
@@ -448,6 +477,7 @@ __all__ = [
     "TensorHasher",
     "ShardedSafetensorsWriter",
     "atomic_output_dir",
+    "count_parameters",
     "dtype_name",
     "plan_shards",
     "write_state_dict",

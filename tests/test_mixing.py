@@ -504,3 +504,20 @@ def test_num_bytes_counts_integer_tensors(tmp_path):
     b = _write(tmp_path / "b", {"w": torch.zeros(3), "ids": torch.arange(4)})
     res = mix([a, b], [0.5, 0.5], tmp_path / "o", progress=False)
     assert res.num_bytes == 3 * 4 + 4 * 8 and res.num_tensors == 2
+
+
+@pytest.mark.parametrize("max_shard_size", ["5GB", "20KB"])
+def test_output_files_byte_identical_to_save_pretrained(models, tmp_path, max_shard_size):
+    """A soup of one ingredient with weight 1 is written exactly as `save_pretrained` writes that model."""
+    import filecmp
+
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(models["ft0"])
+    model.save_pretrained(tmp_path / "sp", max_shard_size=max_shard_size)
+    res = mix([models["ft0"]], [1.0], tmp_path / "mx", max_shard_size=max_shard_size, progress=False)
+    expected = sorted(p.name for p in (tmp_path / "sp").iterdir() if p.name != "config.json")
+    assert res.files == expected
+    for name in expected:
+        assert filecmp.cmp(tmp_path / "sp" / name, tmp_path / "mx" / name, shallow=False), name
+    assert writer.count_parameters(read_tensor_specs(models["ft0"])) == model.num_parameters()
