@@ -463,6 +463,17 @@ class Evaluator:
         order = torch.argsort(outputs["__index__"])
         return {k: v[order].numpy() for k, v in outputs.items() if k != "__index__"}
 
+    def on_main_process(self, fn: Any) -> Any:
+        """Run ``fn()`` on the main process only and give every process its result.
+
+        Use it for work that must happen once (writing files, pushing); the other processes wait for the result,
+        which is broadcast to them (it must be picklable). With one process it is just ``fn()``.
+
+        Example:
+            >>> result = ev.on_main_process(lambda: mix(folders, weights, "soup/"))  # doctest: +SKIP
+        """
+        return self._on_main(fn)
+
     def _on_main(self, fn: Any) -> Any:
         """Run `fn` on the main process only and give every process its result."""
         acc = self.accelerator
@@ -523,6 +534,45 @@ class Evaluator:
         if key is not None and self.cache_dir is not None:
             self._cache_put(key, result)
         return result
+
+    def training_batches(
+        self, batch_size: int, seed: int = 0, *, epochs: Optional[int] = None
+    ) -> Iterator[Dict[str, torch.Tensor]]:
+        """Shuffled batches of the prepared split as model keyword arguments with labels, on the device.
+
+        For learning on the held-out split (the learned soup): ``model(**batch).loss`` is the task's training
+        loss. Batches are drawn from the whole split with a generator seeded by `seed` (a new permutation each
+        epoch) and are not sharded: every process gets the same batches, so every process learns the same
+        thing. The last batch of an epoch may be smaller.
+
+        Args:
+            batch_size: examples per batch.
+            seed: seed of the shuffling.
+            epochs: how many passes over the split; None for an endless stream.
+
+        Raises:
+            EvaluationError: before :meth:`prepare`, or a batch size below 1.
+
+        Example:
+            >>> batches = ev.training_batches(32, seed=0)                              # doctest: +SKIP
+            >>> model(**next(batches)).loss                                            # doctest: +SKIP
+        """
+        prepared, task = self._prepared, self.task
+        if prepared is None or task is None:
+            raise EvaluationError("the evaluator is not prepared yet", hint="call prepare(model_or_folder) first")
+        if batch_size < 1:
+            raise EvaluationError(f"batch_size must be >= 1 (got {batch_size})")
+        rows = _Rows(prepared, np.arange(len(prepared)))
+        rng = np.random.default_rng(seed)
+        device = self.accelerator.device
+        epoch = 0
+        while epochs is None or epoch < epochs:
+            perm = rng.permutation(len(prepared))
+            for start in range(0, len(perm), batch_size):
+                batch = task.collate([rows[int(i)] for i in perm[start : start + batch_size]], prepared.pad_values)
+                batch.pop("__index__")
+                yield {k: v.to(device) for k, v in task.training_inputs(batch).items()}
+            epoch += 1
 
     def predict_logits(self, model: torch.nn.Module, *, desc: Optional[str] = None) -> torch.Tensor:
         """The model's logits for every example, gathered from all processes, in dataset order (on CPU).

@@ -204,6 +204,11 @@ class TaskAdapter(ABC):
         """Per-example ``(value_sum, weight)`` of a mean metric, for early rejection; None if not supported."""
         return None
 
+    def training_inputs(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """Model keyword arguments for which ``model(**inputs).loss`` is the training loss (a collated batch
+        holds ``labels`` for classification already)."""
+        return batch
+
     def check_model(self, config: Any, prepared: Prepared) -> None:
         """Raise :class:`EvaluationError` if a model does not fit the prepared data (e.g. another label map)."""
 
@@ -450,6 +455,10 @@ class CausalLMTask(TaskAdapter):
         target = input_ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
         return {"loss_sum": nll.to(torch.float64).sum(1), "n_tokens": (target != -100).sum(1).to(torch.float64)}
+
+    def training_inputs(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+        return {**batch, "labels": labels}
 
     def compute(self, outputs: Dict[str, np.ndarray], suite: Optional[MetricSuite]) -> Dict[str, Any]:
         loss = exact_mean(outputs["loss_sum"], outputs["n_tokens"])
