@@ -608,6 +608,8 @@ class SoupCallback(TrainerCallback, ExportableState):
                 options.setdefault("greater_is_better", args.greater_is_better)
         metric = self.metric
         compute_metrics = trainer.compute_metrics if metric is None else None
+        if compute_metrics is not None:
+            metric = []  # the Trainer's compute_metrics alone (not on top of the recipe's default "accuracy")
         builder = SoupBuilder(
             cands, self.method, eval_dataset=dataset, metric=metric, compute_metrics=compute_metrics,
             accelerator=acc, token=self.token, cache_dir=self.cache_dir, check_weights=self.check_weights,
