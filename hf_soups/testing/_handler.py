@@ -49,6 +49,9 @@ _CHUNK = 1 << 20
 class RequestRecord:
     """One request served by the hub, as kept in ``hub.requests``.
 
+    A record is logged when the request arrives, so a request still being answered (a ``delay`` fault) shows
+    with status 0; its fields are final before the client receives the end of the answer.
+
     Attributes:
         method: HTTP method.
         path: the percent-decoded URL path (no query string).
@@ -58,7 +61,8 @@ class RequestRecord:
         revision: the revision named by the URL (decoded, e.g. ``refs/pr/1``), if any.
         filename: the file named by a resolve URL, if any.
         range: the request's ``Range`` header, if any.
-        status: the HTTP status answered (0 when the connection was dropped before any answer).
+        status: the HTTP status answered (0 while not answered yet, or when the connection was dropped before
+            any answer).
         bytes_sent: body bytes written (less than the body when a fault dropped the connection).
         fault: the kind of the injected fault that fired on this request, if any.
         started: `time.time()` when the request arrived.
@@ -239,6 +243,9 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         self._query = parse_qs(split.query)
         self._body_done = False
         self._record = RequestRecord(self.command, unquote(split.path), split.query, range=self.headers.get("Range"))
+        # Logged on arrival, and every field is final before the client can read the last byte of the answer:
+        # a test that reads `hub.requests` right after a call returns sees that call's requests complete.
+        self.ctx.log.append(self._record)
         try:
             rule = self.ctx.faults.take(self.command, self._record.path)
             if rule is not None:
@@ -258,7 +265,6 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         finally:
             self._record.duration = time.time() - self._record.started
-            self.ctx.log.append(self._record)
 
     def _route(self, raw_path: str, record_only: bool = False) -> Reply:
         for methods, pattern, name in _ROUTES:
@@ -331,6 +337,7 @@ class HubRequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True  # hang up without answering
                 return
             limit = min(drop.after_bytes if drop.after_bytes is not None else total // 2, total)
+        self._record.status = reply.status
         self.send_response(reply.status)
         for key, value in reply.headers.items():
             self.send_header(key, value)
@@ -338,7 +345,6 @@ class HubRequestHandler(BaseHTTPRequestHandler):
         if drop is not None:
             self.send_header("Connection", "close")
         self.end_headers()
-        self._record.status = reply.status
         if self.command != "HEAD":
             self._write_body(reply, limit)
         self.wfile.flush()
@@ -346,18 +352,31 @@ class HubRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _write_body(self, reply: Reply, limit: int) -> None:
+        """Write up to `limit` body bytes; `bytes_sent` counts each chunk before it goes out (see `_dispatch`)."""
+        chunks: Iterator[bytes]
         if reply.file is None:
-            self.wfile.write(reply.body[:limit])
-            self._record.bytes_sent = limit
-            return
-        with open(reply.file, "rb") as handle:
-            handle.seek(reply.offset)
-            while self._record.bytes_sent < limit:
-                data = handle.read(min(_CHUNK, limit - self._record.bytes_sent))
-                if not data:
-                    break
+            chunks = iter([reply.body[:limit]])
+        else:
+            chunks = self._file_chunks(reply.file, reply.offset, limit)
+        for data in chunks:
+            self._record.bytes_sent += len(data)
+            try:
                 self.wfile.write(data)
-                self._record.bytes_sent += len(data)
+            except OSError:
+                self._record.bytes_sent -= len(data)
+                raise
+
+    @staticmethod
+    def _file_chunks(path: Path, offset: int, limit: int) -> Iterator[bytes]:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            left = limit
+            while left > 0:
+                data = handle.read(min(_CHUNK, left))
+                if not data:
+                    return
+                left -= len(data)
+                yield data
 
     # ----------------------------------------------------------------- auth
     def _token(self) -> Optional[str]:
