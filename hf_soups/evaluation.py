@@ -153,6 +153,13 @@ def _load_split(dataset: Any, config: Optional[str], split: str) -> Any:
         ) from err
 
 
+def _has_gpu() -> bool:
+    if torch.cuda.is_available():
+        return True
+    xpu = getattr(torch, "xpu", None)
+    return bool(xpu is not None and xpu.is_available())
+
+
 class _Rows(torch.utils.data.Dataset):
     """Prepared examples in length-sorted order; each row carries its original index as ``__index__``."""
 
@@ -244,11 +251,18 @@ class Evaluator:
 
     @property
     def accelerator(self) -> Any:
-        """The ``Accelerator`` (created on first use when none was given)."""
+        """The ``Accelerator`` (created on first use when none was given).
+
+        Under ``torchrun``/``accelerate launch`` on a machine without a GPU, the default accelerator is a CPU one
+        (gloo), so that the processes share the work instead of each evaluating everything.
+        """
         if self._accelerator is None:
             from accelerate import Accelerator
 
-            self._accelerator = Accelerator()
+            kwargs: Dict[str, Any] = {}
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not _has_gpu():
+                kwargs["cpu"] = True
+            self._accelerator = Accelerator(**kwargs)
         return self._accelerator
 
     def _set_task(self, task: TaskAdapter) -> None:

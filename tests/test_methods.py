@@ -25,6 +25,15 @@ ACC = str(local_metric_path("accuracy"))
 N_ROWS = 90  # not a multiple of the batch size (8)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight over shared CPUs); restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     """Five fine-tunes of one base with input-dependent predictions, plus a byte copy of ft1 (a sure tie)."""
