@@ -370,8 +370,7 @@ class SoupCallback(TrainerCallback, ExportableState):
                     + "; training is not lost: load it with from_pretrained, or soup it later with hf-soups build.")
             err.args = (f"{err.args[0] if err.args else ''}{note}",)
             raise
-        finally:
-            acc.wait_for_everyone()
+        acc.wait_for_everyone()
 
     # ------------------------------------------------------------------------------------------ base
 

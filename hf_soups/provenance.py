@@ -45,13 +45,14 @@ def training_hyperparameters(args: Any, state: Any = None, *, world_size: int = 
 
     Args:
         args: the run's `TrainingArguments`.
-        state: the `TrainerState` (adds steps run, epochs run and, in a hyper-parameter search, the trial's params).
+        state: the `TrainerState` (adds, in a hyper-parameter search, the trial's params).
         world_size: number of processes (for the total batch size).
 
     Returns:
         ``learning_rate``, ``seed``, ``num_train_epochs`` (or ``max_steps``), ``per_device_train_batch_size``,
         ``total_train_batch_size``, ``gradient_accumulation_steps``, ``weight_decay``, ``warmup_steps``,
-        ``lr_scheduler_type``, ``optim``; plus ``global_step``, ``epoch`` and ``trial_params`` when known.
+        ``lr_scheduler_type``, ``optim``; plus ``trial_params`` in a search. (The step of the weights is recorded
+        apart, in :func:`ingredient_record`.)
 
     Example:
         >>> from transformers import TrainingArguments
@@ -76,10 +77,6 @@ def training_hyperparameters(args: Any, state: Any = None, *, world_size: int = 
     if getattr(args, "warmup_ratio", None):
         hp["warmup_ratio"] = args.warmup_ratio
     if state is not None:
-        if getattr(state, "global_step", None):
-            hp["global_step"] = state.global_step
-        if getattr(state, "epoch", None) is not None:
-            hp["epoch"] = round(float(state.epoch), 4)
         if getattr(state, "trial_params", None):
             hp["trial_params"] = {k: _plain(v) for k, v in dict(state.trial_params).items()}
     return {k: _plain(v) if k != "trial_params" else v for k, v in hp.items()}

@@ -130,7 +130,8 @@ def test_candidate_of_another_base_revision_is_rejected_before_download_and_trai
 
 
 def test_checkpoints_survive_save_total_limit(local_hub, hub_base, tmp_path):
-    cb = SoupCallback(include_checkpoints=True, method="greedy", cache_dir=str(tmp_path / "scores"))
+    cb = SoupCallback(include_checkpoints=True, method="uniform", cache_dir=str(tmp_path / "scores"),
+                      load_soup_into_model=True)
     trainer = run(tmp_path, "ckpt", cb, save_strategy="steps", save_steps=1, save_total_limit=1)
     out = tmp_path / "ckpt"
     assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-3"]
@@ -141,7 +142,14 @@ def test_checkpoints_survive_save_total_limit(local_hub, hub_base, tmp_path):
     # trained (= step 3) + steps 1 and 2
     assert len(cb.soup.ingredients) == 3
     assert [h for h in trainer.state.log_history if "soup_accuracy" in h]
-    assert cb.soup.history  # greedy decisions recorded
+    # load_soup_into_model: trainer.model now holds the soup's weights
+    from safetensors.torch import load_file
+
+    soup_weights = load_file(str(cb.soup.folder / "model.safetensors"))
+    live = trainer.model.state_dict()
+    assert all(torch.equal(live[k].cpu(), v) for k, v in soup_weights.items() if k in live)
+    trained = load_file(str(tmp_path / "ckpt" / "hf-soups" / "trained" / "model.safetensors"))
+    assert not torch.equal(trained["classifier.weight"], soup_weights["classifier.weight"])
 
 
 def test_resume_keeps_collected_checkpoints(local_hub, hub_base, tmp_path):
@@ -227,3 +235,38 @@ def test_two_process_run_pushes_once(local_hub, hub_base, tmp_path):
     assert len(commits) == 1 and commits[0].repo_id == "org/soup-ddp"
     assert len(local_hub.api().list_repo_commits("org/soup-ddp")) == 2  # initial + the soup
     assert len(local_hub.downloads(".safetensors", repo_id="org/run-a")) == 1  # by the main process only
+
+
+def test_each_hyperparameter_search_trial_publishes_its_own_repo(local_hub, hub_base, tmp_path):
+    pytest.importorskip("optuna")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    tok = AutoTokenizer.from_pretrained("org/base")
+
+    def model_init(trial=None):
+        torch.manual_seed(0)
+        return AutoModelForSequenceClassification.from_pretrained(
+            "org/base", num_labels=2, id2label=LABELS, label2id={v: k for k, v in LABELS.items()})
+
+    def encode(batch):
+        return tok(batch["sentence"], truncation=True, max_length=32)
+
+    cb = SoupCallback(publish_ingredient_to="org/hp-{trial}", token=local_hub.token)
+    args = TrainingArguments(str(tmp_path / "hp"), max_steps=1, per_device_train_batch_size=8, use_cpu=True,
+                             report_to=[], save_strategy="no", disable_tqdm=True)
+    trainer = Trainer(model_init=model_init, args=args, train_dataset=sst2(16, offset=200).map(encode, batched=True),
+                      eval_dataset=sst2(16).map(encode, batched=True), processing_class=tok,
+                      compute_metrics=compute_metrics, callbacks=[cb])
+    trainer.hyperparameter_search(
+        hp_space=lambda trial: {"learning_rate": trial.suggest_float("learning_rate", 1e-4, 1e-3, log=True)},
+        backend="optuna", n_trials=2, direction="maximize")
+    assert [p.split("@")[0] for p in cb.published] == ["org/hp-0", "org/hp-1"]
+    lrs = []
+    for ref in cb.published:
+        repo, sha = ref.split("@")
+        prov = json.loads(Path(hf_hub_download(repo, INGREDIENT_FILE, revision=sha)).read_text())
+        assert prov["trial"] == repo[-1] and prov["base_model_revision"] == hub_base
+        assert prov["hyperparameters"]["trial_params"]["learning_rate"] == prov["hyperparameters"]["learning_rate"]
+        lrs.append(prov["hyperparameters"]["learning_rate"])
+    assert lrs[0] != lrs[1]
+    assert (tmp_path / "hp" / "hf-soups" / "run-0" / "trained").is_dir()
