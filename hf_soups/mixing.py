@@ -392,8 +392,12 @@ def _accumulate(
     for k, (i, src_name, w) in enumerate(terms):
         t = sources[i].read(src_name, rows)
         if k == 0:
-            acc.copy_(t)  # exact up-cast; then scale (skipped for weight 1: a lone ingredient is copied exactly)
-            if w != 1.0:
+            if w == 1.0:
+                acc.copy_(t)  # a lone ingredient (or weight 1) is copied exactly
+            elif t.dtype == acc.dtype:
+                torch.mul(t, w, out=acc)  # one pass instead of copy + scale
+            else:
+                acc.copy_(t)  # exact up-cast first, so that the product is computed in the accumulator's dtype
                 acc.mul_(w)
         else:
             acc.add_(t, alpha=w)  # in place: no temporary, mixed dtypes are cast inside the kernel
