@@ -208,9 +208,11 @@ class SoupConfig:
             raise RecipeError(f"method {self.method!r} needs a held-out evaluation dataset",
                               hint="Add evaluation: {dataset: ..., split: validation, metric: accuracy}.")
         if self.learned.granularity not in ("model", "layer"):
-            raise RecipeError(f"learned.granularity must be 'model' or 'layer', got {self.learned.granularity!r}")
+            raise RecipeError(f"learned.granularity must be 'model' or 'layer', got {self.learned.granularity!r}",
+                              hint="Use granularity: model (one coefficient per ingredient) or layer.")
         if self.accumulate_dtype not in ("float32", "float64"):
-            raise RecipeError(f"accumulate_dtype must be float32 or float64, got {self.accumulate_dtype!r}")
+            raise RecipeError(f"accumulate_dtype must be float32 or float64, got {self.accumulate_dtype!r}",
+                              hint="Use accumulate_dtype: float32 (default) or float64.")
         if self.push_to is not None:
             from .candidates import validate_repo_id
 
@@ -271,7 +273,8 @@ class SoupConfig:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as err:
-            raise RecipeError(f"the recipe is not valid YAML: {err}") from err
+            raise RecipeError(f"the recipe is not valid YAML: {err}",
+                              hint="Fix the line shown (indentation, brackets, quotes); start from recipes/.") from err
         if not isinstance(data, dict):
             raise RecipeError("a recipe must be a mapping of keys to values",
                               hint="Start from an example in recipes/.")
@@ -325,7 +328,9 @@ def validate_weights(weights: Optional[List[float]], n: int, *, normalize: bool 
 
 def _from_dict(cls: Type[T], data: Any, path: str) -> T:
     if not isinstance(data, dict):
-        raise RecipeError(f"`{path or 'recipe'}` must be a mapping, got {type(data).__name__}")
+        raise RecipeError(f"`{path or 'recipe'}` must be a mapping, got {type(data).__name__}",
+                          hint=f"Write `{path or 'recipe'}` as key: value pairs; valid keys: "
+                          f"{', '.join(f.name for f in dataclasses.fields(cls))}.")  # type: ignore[arg-type]
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
     unknown = [k for k in data if k not in names]
@@ -356,16 +361,18 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
         if isinstance(value, (str, int, float)):
             value = [value]
         if not isinstance(value, list):
-            raise RecipeError(f"`{path}` must be a list, got {type(value).__name__}")
+            raise RecipeError(f"`{path}` must be a list, got {type(value).__name__}", hint=f"Write {path}: [a, b].")
         return list(value)
     if origin in (dict, Dict):
         if not isinstance(value, dict):
-            raise RecipeError(f"`{path}` must be a mapping, got {type(value).__name__}")
+            raise RecipeError(f"`{path}` must be a mapping, got {type(value).__name__}",
+                          hint=f"Write {path}: {{key: value}}.")
         return dict(value)
     if tp is bool and not isinstance(value, bool):
-        raise RecipeError(f"`{path}` must be true or false, got {value!r}")
+        raise RecipeError(f"`{path}` must be true or false, got {value!r}",
+                          hint=f"Write {path}: true or {path}: false (no quotes).")
     if tp in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        raise RecipeError(f"`{path}` must be a number, got {value!r}")
+        raise RecipeError(f"`{path}` must be a number, got {value!r}", hint=f"Write {path} as a number, e.g. 32.")
     if tp is str and not isinstance(value, str):
-        raise RecipeError(f"`{path}` must be a string, got {value!r}")
+        raise RecipeError(f"`{path}` must be a string, got {value!r}", hint=f"Quote it: {path}: \"{value}\".")
     return float(value) if tp is float else value

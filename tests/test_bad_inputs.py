@@ -78,7 +78,10 @@ def data(tmp_path) -> Dict[str, Path]:
     good.write_text("sentence\tlabel\n" + "\n".join(lines) + "\n")
     bad = tmp_path / "three_labels.tsv"
     bad.write_text("sentence\tlabel\n" + "\n".join(f"{ln.split(chr(9))[0]}\t{i % 3}" for i, ln in enumerate(lines)) + "\n")
-    return {"good": good, "three_labels": bad}
+    named = tmp_path / "named_labels.tsv"
+    named.write_text("sentence\tlabel\n" + "\n".join(f"{ln.split(chr(9))[0]}\t{'pos' if i % 2 else 'neg'}"
+                                                   for i, ln in enumerate(lines)) + "\n")
+    return {"good": good, "three_labels": bad, "named_labels": named}
 
 
 def _weight_downloads(hub) -> List[str]:
@@ -142,6 +145,17 @@ CASES = {
                                       ["label ids [2] outside 0..1", "labeled split"]),
     "metric cannot be loaded": (_recipe(evaluation={"dataset": "{good}", **{**EVAL, "metric": ["no-such-metric"]}}),
                                 EvaluationError, ["no-such-metric", "could not be loaded", "local path"]),
+    "label names not matching the model": (_recipe(evaluation={"dataset": "{named_labels}", **EVAL}), EvaluationError,
+                                           ["label names ['neg', 'pos']", "map the labels"]),
+    "greedy without evaluation": (_recipe(method="greedy"), RecipeError,
+                                  ["method 'greedy' needs a held-out evaluation dataset", "evaluation:"]),
+    "interpolate without base": (_recipe(method="interpolate"), RecipeError,
+                                 ["method 'interpolate' needs `base`", "base: org/base-model@<sha>"]),
+    "alpha out of range": (_recipe(method="interpolate", base="org/ft2", alphas=[1.5]), RecipeError,
+                           ["alphas must be in [0, 1], got [1.5]", "alphas: [0.25"]),
+    "push target with a path trick": (_recipe(push_to="org/../x"), InvalidReferenceError,
+                                      ["'org/../x' is not a valid repo id for push_to", "owner/name"]),
+    "wrong type in recipe": (_recipe(compare="yes"), RecipeError, ["`compare` must be true or false", "got 'yes'"]),
     "unknown method": (_recipe(method="gredy"), RecipeError, ["unknown method 'gredy'", "did you mean 'greedy'"]),
     "recipe with unknown key": ({"candidtes": ["org/ft0", "org/ft1"]}, RecipeError,
                                 ["unknown key `candidtes`", "did you mean `candidates`"]),
@@ -152,13 +166,7 @@ CASES = {
 }
 
 #: Cases that must be fixed outside this test module's owner; see .notes/requests.md.
-_EVAL_FIRST = "builder must check the evaluation set-up before downloading weights (.notes/requests.md)"
-PENDING: Dict[str, str] = {
-    "one distinct commit only": "builder must pass minimum=2 to resolve_all (.notes/requests.md)",
-    "dataset column not found": _EVAL_FIRST,
-    "labels not matching the model": _EVAL_FIRST,
-    "metric cannot be loaded": _EVAL_FIRST,
-}
+PENDING: Dict[str, str] = {}
 
 
 def _materialise(recipe: Dict[str, Any], data: Dict[str, Path], hub, tmp_path: Path) -> Dict[str, Any]:
@@ -252,6 +260,43 @@ def test_bad_input_cli(name, hub, data, tmp_path):
 )
 def test_bad_flags_cli(args, fragments, hub, tmp_path):
     proc = _cli(["build", *args, "--output", str(tmp_path / "out")], hub, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    _check_message(proc.stderr, fragments)
+    assert _weight_downloads(hub) == []
+
+
+@pytest.mark.parametrize(
+    "text, fragments",
+    [
+        (None, ["recipe", "does not exist", "Check the path"]),
+        ("candidates: [org/ft0, org/ft1\nmethod: uniform\n", ["the recipe is not valid YAML"]),
+        ("- org/ft0\n- org/ft1\n", ["a recipe must be a mapping", "recipes/"]),
+    ],
+    ids=["recipe file not found", "recipe not YAML", "recipe not a mapping"],
+)
+def test_unreadable_recipe_cli(text, fragments, hub, tmp_path):
+    path = tmp_path / "recipe.yaml"
+    if text is not None:
+        path.write_text(text)
+    proc = _cli(["build", str(path)], hub, tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and str(path) in proc.stderr or text is not None
+    _check_message(proc.stderr, fragments)
+    assert hub.requests == [], "nothing may be asked of the Hub for a recipe that cannot be read"
+
+
+@pytest.mark.parametrize(
+    "refs, fragments",
+    [
+        (["org/ft0", "org/mo del"], ["'org/mo del' is not a valid Hub repo id"]),
+        (["org/ft0", "org/secret"], ["org/secret", "private"]),
+        (["org/ft0@nope", "org/ft1"], ["revision 'nope' does not exist in org/ft0"]),
+    ],
+    ids=["malformed", "private", "revision"],
+)
+def test_verify_cli_bad_inputs_exit_2(refs, fragments, hub, tmp_path):
+    proc = _cli(["verify", *refs], hub, tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     _check_message(proc.stderr, fragments)

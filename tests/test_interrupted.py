@@ -34,6 +34,7 @@ from hf_soups.evaluation import Evaluator
 
 args = json.loads(open(sys.argv[1]).read())
 log, kill_after = args.pop("log"), args.pop("kill_after")
+sig = getattr(signal, args.pop("signal", "SIGKILL"))
 original = Evaluator.evaluate
 fresh = 0
 
@@ -45,10 +46,13 @@ def evaluate(self, model, *a, **kw):
     if not res.cached:
         fresh += 1
         if kill_after is not None and fresh >= kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)   # like the OOM killer: no clean-up runs
+            os.kill(os.getpid(), sig)   # SIGKILL: like the OOM killer, no clean-up runs; SIGINT: Ctrl-C
     return res
 
 Evaluator.evaluate = evaluate
+if "argv" in args:
+    from hf_soups.cli import main
+    sys.exit(main(args["argv"]))
 soup = SoupBuilder(**args).build()
 print(json.dumps({"tensor_hash": soup.tensor_hash, "score": soup.score, "history": soup.history}))
 '''
@@ -131,6 +135,25 @@ def test_greedy_run_killed_mid_way_resumes_without_re_evaluating(tiny_models, de
     assert _leftovers(tmp_path, "clean") == []
 
 
+def test_ctrl_c_in_the_cli_exits_130_and_the_rerun_resumes(tiny_models, dev_tsv, tmp_path):
+    out = tmp_path / "out"
+    argv = ["build", "--candidates", *[str(tiny_models[k]) for k in ("ft0", "ft1", "ft2")], "--method", "greedy",
+            "--eval-dataset", str(dev_tsv), "--metric", ACC, "--max-samples", "24", "--output", str(out)]
+    stopped = _run(tmp_path, "ctrl-c", {"argv": argv, "signal": "SIGINT"}, kill_after=4)
+    assert stopped.returncode == 130, stopped.stderr
+    assert "interrupted" in stopped.stderr and "Traceback" not in stopped.stderr
+    assert not out.exists() and _leftovers(tmp_path, "out") == []
+    first = _log(tmp_path, "ctrl-c")
+    assert len(first) == 4
+
+    resumed = _run(tmp_path, "rerun", {"argv": argv})
+    assert resumed.returncode == 0, resumed.stderr
+    second = _log(tmp_path, "rerun")
+    done = {e["key"] for e in first}
+    assert [e["key"] for e in second if e["key"] in done and not e["cached"]] == []
+    assert (out / "soup.json").exists() and "soup written to" in resumed.stdout
+
+
 def _record_evaluations(monkeypatch, *, fail_at=None, error: type = RuntimeError) -> List[Dict[str, Any]]:
     """Wrap Evaluator.evaluate to log each call; raise `error` instead of the `fail_at`-th fresh evaluation."""
     calls: List[Dict[str, Any]] = []
@@ -202,11 +225,6 @@ def test_failure_while_writing_weights_leaves_no_output(tiny_models, tmp_path, m
     assert not out.exists() and _leftovers(tmp_path, "out") == []
 
 
-_STAGED = pytest.mark.xfail(
-    reason="builder writes the card/soup.json into the output folder after the weights, and rmtree's an old folder "
-    "before building with overwrite (.notes/requests.md, issue 8)", strict=True)
-
-
 def _fail_card(monkeypatch) -> None:
     import hf_soups.card
 
@@ -216,7 +234,6 @@ def _fail_card(monkeypatch) -> None:
     monkeypatch.setattr(hf_soups.card, "build_card", boom)
 
 
-@_STAGED
 def test_failure_while_writing_the_card_leaves_no_half_written_output(tiny_models, tmp_path, monkeypatch):
     out = tmp_path / "out"
     _fail_card(monkeypatch)
@@ -226,7 +243,6 @@ def test_failure_while_writing_the_card_leaves_no_half_written_output(tiny_model
     assert _leftovers(tmp_path, "out") == []
 
 
-@_STAGED
 @pytest.mark.parametrize("where", ["weights", "card"])
 def test_failed_overwrite_keeps_the_previous_output(tiny_models, tmp_path, monkeypatch, where):
     out = tmp_path / "out"
