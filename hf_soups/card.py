@@ -105,7 +105,7 @@ def _body(soup: "Soup") -> str:
         f"hf-soups. It costs nothing extra at inference time."
     )
     out += ["", "## Ingredients", ""]
-    hp_keys = sorted({k for i in soup.ingredients for k in i.hyperparameters})[:6]
+    hp_keys = _hyperparameter_columns(soup)
     header = ["repo", "revision", *hp_keys, f"held-out {metric}", "accepted", "weight"]
     out.append("| " + " | ".join(header) + " |")
     out.append("|" + "---|" * len(header))
@@ -224,3 +224,21 @@ def _dataset_label(dataset: object) -> str:
     if text.startswith(("/", "./", "../", "~")) or "\\" in text:
         return text.replace("\\", "/").rstrip("/").split("/")[-1]
     return text
+
+
+# The hyper-parameters a reader compares first; the rest follow alphabetically.
+_HP_PRIORITY = ["learning_rate", "seed", "num_train_epochs", "epochs", "max_steps", "total_train_batch_size",
+                "batch_size", "weight_decay", "warmup_steps", "warmup_ratio", "lr_scheduler_type", "lr_scheduler"]
+
+
+def _hyperparameter_columns(soup: "Soup", limit: int = 6) -> List[str]:
+    """Which recorded hyper-parameters get a column: those that differ between ingredients first (they explain
+    the sweep), in reading order, then the shared ones, at most `limit`."""
+    keys = {k for i in soup.ingredients for k in i.hyperparameters}
+    rank = {k: (_HP_PRIORITY.index(k) if k in _HP_PRIORITY else len(_HP_PRIORITY), k) for k in keys}
+
+    def differs(k: str) -> bool:
+        return len({json.dumps(i.hyperparameters.get(k), sort_keys=True, default=str) for i in soup.ingredients}) > 1
+
+    ordered = sorted(keys, key=lambda k: (not differs(k), rank[k]))
+    return ordered[:limit]
