@@ -107,11 +107,10 @@ def validate_repo_id(repo_id: str, *, ref: Optional[str] = None, what: str = "Hu
     """
     if (not isinstance(repo_id, str) or ".." in repo_id or repo_id.startswith(("/", "~")) or repo_id.count("/") > 1
             or not _REPO_RE.match(repo_id)):
-        raise InvalidReferenceError(
-            f"{repo_id!r} is not a valid {what}",
-            candidate=ref,
-            hint="Use owner/name (letters, digits, '-', '_', '.'), optionally @revision; for a folder start with ./",
-        )
+        hint = "Use owner/name (letters, digits, '-', '_', '.'; no '..', no leading '/')"
+        if ref is not None:
+            hint += ", optionally @revision; for a local folder start with ./ or /"
+        raise InvalidReferenceError(f"{repo_id!r} is not a valid {what}", candidate=ref, hint=hint + ".")
     return repo_id
 
 
@@ -213,8 +212,10 @@ class Candidate:
         path = self.local_path
         assert path is not None
         if not path.is_dir():
+            where = "" if path.is_absolute() else f" ({path.absolute()})"
             raise CandidateNotFoundError(
-                f"folder {path} does not exist", candidate=self.ref, hint="Check the path (relative to the cwd)."
+                f"folder {path} does not exist{where}", candidate=self.ref,
+                hint="Check the path (a relative path is read from the current folder).",
             )
         self.files = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
         self._check_weights_present()

@@ -142,7 +142,7 @@ CASES = {
     "dataset column not found": (_recipe(evaluation={"dataset": "{good}", "columns": {"text": "sentense"}, **EVAL}),
                                  EvaluationError, ["'sentense'", "available columns", "columns="]),
     "labels not matching the model": (_recipe(evaluation={"dataset": "{three_labels}", **EVAL}), EvaluationError,
-                                      ["label ids [2] outside 0..1", "labeled split"]),
+                                      ["label ids [2] outside 0..1", "label"]),
     "metric cannot be loaded": (_recipe(evaluation={"dataset": "{good}", **{**EVAL, "metric": ["no-such-metric"]}}),
                                 EvaluationError, ["no-such-metric", "could not be loaded", "local path"]),
     "label names not matching the model": (_recipe(evaluation={"dataset": "{named_labels}", **EVAL}), EvaluationError,

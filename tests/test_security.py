@@ -396,3 +396,13 @@ def test_corrupt_hub_candidate_is_refused_before_any_tensor_is_read(local_hub, t
     text = str(info.value)
     assert "org/corrupt" in text and "model.safetensors is not a valid safetensors file" in text
     assert not (tmp_path / "out").exists()
+
+
+def test_callback_state_saved_in_checkpoints_never_holds_the_token():
+    from hf_soups.callback import SoupCallback
+
+    token = "hf_" + "s3cretToken" * 3
+    cb = SoupCallback(["org/a", "org/b"], push_to="org/soup", token=token, metric="accuracy")
+    state = json.dumps(cb.state())  # what the Trainer writes into trainer_state.json of every checkpoint
+    assert token not in state and "org/soup" in state
+    assert token not in repr(cb)
