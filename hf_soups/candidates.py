@@ -246,10 +246,32 @@ class Candidate:
                 self.files, self.ref, where=f"{self.repo_id}@{str(self.sha)[:12]}",
             )
             self.tensor_specs = hub.safetensors_specs(self.repo_id, self.sha, ref=self.ref)
+            self._check_remote_headers(hub, info)
         self.tokenizer_hash = tokenizer_fingerprint(
             lambda f: hub.download(self.repo_id, f, self.sha, ref=self.ref), self.files  # type: ignore[arg-type]
         )
         logger.info("resolved %s to %s", self.ref, self.sha)
+
+    def _check_remote_headers(self, hub: Hub, info: Any) -> None:
+        """Validate the Hub's safetensors headers against the file sizes it reports, before any download.
+
+        Uses `Hub.safetensors_layout` (file -> header dict with ``data_offsets``) when the Hub connection offers
+        it. The header length is not known from the layout, so the data size is bounded from above by the file
+        size minus the shortest encoding of the header; offsets past that are past the end of the file. Files
+        are validated exactly again once downloaded (:meth:`fetch`).
+        """
+        layout_of = getattr(hub, "safetensors_layout", None)
+        if layout_of is None:
+            return
+        from .hub import file_sizes
+
+        sizes = file_sizes(info)
+        for fname, header in layout_of(self.repo_id, self.sha, ref=self.ref).items():
+            size = sizes.get(fname)
+            if not size:
+                continue
+            shortest = len(json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8"))
+            validate_safetensors_header(header, size - 8 - shortest, ref=self.ref, name=fname, upper_bound=True)
 
     def _check_weights_present(self) -> None:
         if self.weight_files():
@@ -471,7 +493,38 @@ def check_safetensors_header(path: Path, *, ref: str, name: Optional[str] = None
         raise bad(f"the header is not valid JSON ({err})") from err
     if not isinstance(header, dict):
         raise bad("the header is not a JSON object")
-    data_size = size - 8 - n
+    return validate_safetensors_header(header, size - 8 - n, ref=ref, name=shown)
+
+
+def validate_safetensors_header(
+    header: Dict[str, Any], data_size: int, *, ref: str, name: str, upper_bound: bool = False
+) -> Dict[str, Spec]:
+    """Validate a parsed safetensors header against the size of the file's data section.
+
+    Args:
+        header: the parsed JSON header (``{tensor: {"dtype", "shape", "data_offsets"}, "__metadata__": ...}``).
+        data_size: bytes after the header (file size - 8 - header length); with `upper_bound`, only a bound on
+            it (used before download, when the Hub tells the file size but not the header length).
+        ref: the candidate (named in errors).
+        name: the file (named in errors).
+        upper_bound: `data_size` is an upper bound, not the exact size.
+
+    Returns:
+        tensor name -> (dtype, shape).
+
+    Raises:
+        InvalidWeightsError: a tensor without dtype/shape/offsets, offsets outside the data, a size that does not
+            match dtype x shape, or two tensors that overlap.
+    """
+
+    def bad(problem: str) -> InvalidWeightsError:
+        return InvalidWeightsError(
+            f"{name} is not a valid safetensors file: {problem}",
+            candidate=ref,
+            hint="The file is truncated or corrupted (or not safetensors): re-download it or re-save the model "
+            "with save_pretrained(..., safe_serialization=True).",
+        )
+
     specs: Dict[str, Spec] = {}
     spans = []
     for key, info in header.items():
@@ -492,6 +545,9 @@ def check_safetensors_header(path: Path, *, ref: str, name: Optional[str] = None
         if not 0 <= begin <= end:
             raise bad(f"tensor {key!r} has data_offsets {offsets} that do not make a range")
         if end > data_size:
+            if upper_bound:
+                raise bad(f"tensor {key!r} ends at byte {end} of the data, beyond the end of the file (at most "
+                          f"{data_size} bytes of data)")
             raise bad(f"tensor {key!r} ends at byte {end} of the data, beyond its end ({data_size} bytes)")
         if dtype in DTYPE_SIZES:
             need = DTYPE_SIZES[dtype]
