@@ -167,22 +167,28 @@ class SoupBuilder:
             if evaluator is not None:
                 evaluator.prepare(cands[0].fetch_metadata(self.hub))
 
-        report = verify_lineage(candidates, base=cfg.base, hub=self.hub, check_weights=cfg.check_weights,
-                                allow_pickle=cfg.allow_pickle, before_download=check_evaluation)
-        report.raise_for_problems()
+        # Under `accelerate launch` every process runs this; the main one downloads first and the others then
+        # find the files in the Hub cache, so each file crosses the network once.
+        state = self._process_state(evaluator)
+        with state.main_process_first():
+            report = verify_lineage(candidates, base=cfg.base, hub=self.hub, check_weights=cfg.check_weights,
+                                    allow_pickle=cfg.allow_pickle, before_download=check_evaluation)
+            report.raise_for_problems()
+            # 3. fetch
+            folders = [c.fetch(self.hub) for c in candidates]
+            base_folder = None
+            if cfg.base is not None:
+                base_folder = Candidate(cfg.base, allow_pickle=cfg.allow_pickle).resolve(self.hub).fetch(self.hub)
         # pin the recipe: every candidate at its commit
         cfg.candidates = [c.pinned_ref for c in candidates]
-
-        # 3. fetch
-        folders = [c.fetch(self.hub) for c in candidates]
-        base_folder = None
-        if cfg.base is not None:
-            base_folder = Candidate(cfg.base, allow_pickle=cfg.allow_pickle).resolve(self.hub).fetch(self.hub)
 
         # 4-5. evaluate and mix, into a staging folder next to the output: weights, soup.json, card and plot are
         # all written there and renamed into place at the very end, so a failure at any step leaves either the
         # previous output (with overwrite) or nothing, never a half-written soup.
-        if out_dir is not None:
+        # Only the main process writes the output folder and pushes; the others mix into a private temporary folder
+        # (same bits) and point their Soup at the output once the main process has renamed it into place.
+        publish = out_dir is not None and state.is_main_process
+        if publish:
             out_dir.parent.mkdir(parents=True, exist_ok=True)
             stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
         else:
@@ -195,17 +201,33 @@ class SoupBuilder:
                 evaluator.prepare(folders[0])
             result = get_method(cfg.method).run(ctx)
             soup = self._assemble(ctx, result, report)
-            if out_dir is not None:
+            if publish:
+                assert out_dir is not None
                 if out_dir.exists():  # empty, or non-empty with overwrite (refused above otherwise)
                     os.replace(out_dir, stage / "previous")
                 os.replace(target, out_dir)
                 soup._relocate(out_dir)
         finally:
-            if out_dir is not None:
+            if publish:
                 shutil.rmtree(stage, ignore_errors=True)
-        if cfg.push_to:
+        if cfg.push_to and state.is_main_process:
             soup.push_to_hub(cfg.push_to, private=cfg.private, token=self.hub.token)
+        if state.num_processes > 1:
+            state.wait_for_everyone()
+            if out_dir is not None and not state.is_main_process:
+                soup._relocate(out_dir)
+                shutil.rmtree(stage, ignore_errors=True)
         return soup
+
+    def _process_state(self, evaluator: Any) -> Any:
+        """The Accelerate state that says which process this is (the evaluator's accelerator when there is one)."""
+        if evaluator is not None:
+            return evaluator.accelerator
+        if self.accelerator is not None:
+            return self.accelerator
+        from accelerate import PartialState
+
+        return PartialState()
 
     def _make_evaluator(self) -> Any:
         from .evaluation import EvalSettings, Evaluator
