@@ -338,6 +338,7 @@ def test_overwrite_replaces_a_non_empty_output(hub, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "old.txt").write_text("old")
+    (out / "soup.json").write_text("{}")  # an earlier soup's folder
     soup = SoupBuilder(candidates=["org/ft0", "org/ft1"], method="uniform", output={"dir": str(out), "overwrite": True},
                        cache_dir=tmp_path / "scores", check_weights=False).build()
     assert soup.folder == out and (out / "config.json").exists() and not (out / "old.txt").exists()
