@@ -322,9 +322,15 @@ class _ClassificationTask(TaskAdapter):
             raise EvaluationError(f"column {column!r} holds {kinds} labels; expected label ids or names")
         bad = ids[(ids < 0) | (ids >= n)]
         if bad.size:
+            hint = (
+                "-1 usually marks an unlabeled split: evaluate on a labeled split"
+                if (bad < 0).any()
+                else f"the dataset has classes the model does not ({n} labels): evaluate on a split with the "
+                "model's label set, or filter/map the labels first"
+            )
             raise EvaluationError(
                 f"column {column!r} has label ids {sorted(set(bad.tolist()))[:10]} outside 0..{n - 1} of {model_desc}",
-                hint="-1 usually marks an unlabeled split: evaluate on a labeled split",
+                hint=hint,
             )
         return ids, id2label
 
