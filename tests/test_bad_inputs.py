@@ -1,8 +1,9 @@
 """Bad inputs: each gives ONE clear error, naming the input and the fix, before any heavy work.
 
 Every case runs twice: through the Python API (an :class:`~hf_soups.errors.HfSoupsError` subclass) and through
-the command line (``hf-soups build ...`` in a subprocess pointed at the same LocalHub: exit code 2, one
-``error:`` message, no traceback). In both, the LocalHub request log must show that no weight file was
+the command line (``hf-soups build RECIPE``: exit code 2, one ``error:`` message, no traceback), in-process with
+`hf_soups.cli.main`, and for a representative subset also as a real ``hf-soups`` subprocess pointed at the same
+LocalHub. In both, the LocalHub request log must show that no weight file was
 downloaded (safetensors headers are read with Range requests, which are not downloads).
 """
 
@@ -194,9 +195,13 @@ def _check_message(text: str, fragments: List[str]) -> None:
         assert fragment in text, f"{fragment!r} not in the message:\n{text}"
 
 
-def _mark(name: str):
+def _marks(name: str) -> list:
     reason = PENDING.get(name)
-    return pytest.param(name, marks=pytest.mark.xfail(reason=reason, strict=True)) if reason else name
+    return [pytest.mark.xfail(reason=reason, strict=True)] if reason else []
+
+
+def _mark(name: str):
+    return pytest.param(name, marks=_marks(name))
 
 
 @pytest.mark.parametrize("name", [_mark(n) for n in CASES])
@@ -226,13 +231,38 @@ def _cli(args: List[str], hub, tmp_path: Path, *, token: bool = False) -> subpro
                           capture_output=True, text=True, timeout=240)
 
 
-@pytest.mark.parametrize("name", [_mark(n) for n in CASES])
-def test_bad_input_cli(name, hub, data, tmp_path):
+def _main(args: List[str], tmp_path: Path, capsys, monkeypatch) -> subprocess.CompletedProcess:
+    """`hf-soups ARGS` in this process (the fixture's LocalHub is patched in): exit code, stdout, stderr."""
+    from hf_soups import builder, cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(builder, "default_cache_dir", lambda: tmp_path / "scores")
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = cli.main(args)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+#: Cases also run as a real `hf-soups` process (the rest run `cli.main` in-process: same code, no start-up cost).
+SUBPROCESS_CASES = ["malformed repo id", "private repo without token", "weights not summing to one",
+                    "metric cannot be loaded", "output folder exists and is not empty", "recipe with unknown key"]
+
+
+@pytest.mark.parametrize(
+    "name, process",
+    [pytest.param(n, False, id=f"{n}-main", marks=_marks(n)) for n in CASES]
+    + [pytest.param(n, True, id=f"{n}-process", marks=_marks(n)) for n in SUBPROCESS_CASES],
+)
+def test_bad_input_cli(name, process, hub, data, tmp_path, capsys, monkeypatch):
     recipe, _error, fragments = CASES[name]
     _prepare_output(name, tmp_path)
     path = tmp_path / "recipe.yaml"
     path.write_text(yaml.safe_dump(_materialise(recipe, data, hub, tmp_path)))
-    proc = _cli(["build", str(path)], hub, tmp_path)
+    proc = _cli(["build", str(path)], hub, tmp_path) if process else _main(["build", str(path)], tmp_path,
+                                                                            capsys, monkeypatch)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -258,8 +288,9 @@ def test_bad_input_cli(name, hub, data, tmp_path):
         (["--candidates", "../etc/passwd", "org/ft1"], ["does not exist"]),
     ],
 )
-def test_bad_flags_cli(args, fragments, hub, tmp_path):
-    proc = _cli(["build", *args, "--output", str(tmp_path / "out")], hub, tmp_path)
+def test_bad_flags_cli(args, fragments, hub, tmp_path, capsys, monkeypatch):
+    argv = ["build", *args, "--output", str(tmp_path / "out")]
+    proc = _cli(argv, hub, tmp_path) if "nan" in args else _main(argv, tmp_path, capsys, monkeypatch)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     _check_message(proc.stderr, fragments)
@@ -275,11 +306,11 @@ def test_bad_flags_cli(args, fragments, hub, tmp_path):
     ],
     ids=["recipe file not found", "recipe not YAML", "recipe not a mapping"],
 )
-def test_unreadable_recipe_cli(text, fragments, hub, tmp_path):
+def test_unreadable_recipe_cli(text, fragments, hub, tmp_path, capsys, monkeypatch):
     path = tmp_path / "recipe.yaml"
     if text is not None:
         path.write_text(text)
-    proc = _cli(["build", str(path)], hub, tmp_path)
+    proc = _main(["build", str(path)], tmp_path, capsys, monkeypatch)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and str(path) in proc.stderr or text is not None
     _check_message(proc.stderr, fragments)
@@ -295,8 +326,8 @@ def test_unreadable_recipe_cli(text, fragments, hub, tmp_path):
     ],
     ids=["malformed", "private", "revision"],
 )
-def test_verify_cli_bad_inputs_exit_2(refs, fragments, hub, tmp_path):
-    proc = _cli(["verify", *refs], hub, tmp_path)
+def test_verify_cli_bad_inputs_exit_2(refs, fragments, hub, tmp_path, capsys, monkeypatch):
+    proc = _main(["verify", *refs], tmp_path, capsys, monkeypatch)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     _check_message(proc.stderr, fragments)
