@@ -266,3 +266,21 @@ def test_save_pretrained_failure_leaves_no_folder(tiny_models, tmp_path, monkeyp
     with pytest.raises(RuntimeError, match="injected failure"):
         soup.save_pretrained(target)
     assert not target.exists() and _leftovers(tmp_path, "copy") == []
+
+
+def test_a_truncated_cache_file_is_a_miss_not_a_crash(tiny_models, dev_tsv, tmp_path, monkeypatch):
+    cache = tmp_path / "scores"
+    args = _greedy_args(tiny_models, dev_tsv, tmp_path / "out", cache)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        first = SoupBuilder(**args).build()
+    files = sorted(cache.glob("*.json"))
+    assert files
+    files[0].write_text(files[0].read_text()[:20])  # e.g. a disk that filled up under another tool
+    calls = _record_evaluations(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = SoupBuilder(**{**args, "output": {"dir": str(tmp_path / "out"), "overwrite": True}}).build()
+    assert len([c for c in calls if not c["cached"]]) == 1  # only the damaged entry is evaluated again
+    assert again.tensor_hash == first.tensor_hash
+    json.loads(files[0].read_text())  # and it is whole again
