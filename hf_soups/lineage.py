@@ -374,7 +374,6 @@ def _check_weights(
     head_ratio: float,
 ) -> None:
     """Stream every floating tensor once (one tensor of each candidate at a time) and measure distances."""
-    import torch
     from safetensors import safe_open
 
     report.checks.append("weight distance")

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import pytest
 import yaml
@@ -226,7 +226,8 @@ def test_bad_input_python(name, hub, data, tmp_path, monkeypatch):
 def _cli(args: List[str], hub, tmp_path: Path, *, token: bool = False) -> subprocess.CompletedProcess:
     env = {**os.environ, **hub.env(include_token=token), "HF_HOME": str(tmp_path / "hf-home"),
            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    env.pop("HF_TOKEN", None) if not token else None
+    if not token:
+        env.pop("HF_TOKEN", None)
     return subprocess.run([sys.executable, "-m", "hf_soups.cli", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=240)
 
