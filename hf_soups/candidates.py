@@ -399,8 +399,9 @@ def resolve_all(
             cand.resolve(hub)
         key = f"{cand.repo_id}@{cand.sha}" if not cand.is_local else f"local:{cand.sha}"
         if key in seen:
-            warnings.warn(f"{cand.ref} is the same commit as {seen[key]}; it is used once.", stacklevel=2)
-            dropped.append(f"{cand.ref} is the same commit as {seen[key]}")
+            same = "has the same content as" if cand.is_local else "is the same commit as"
+            warnings.warn(f"{cand.ref} {same} {seen[key]}; it is used once.", stacklevel=2)
+            dropped.append(f"{cand.ref} {same} {seen[key]}")
             continue
         seen[key] = cand.ref
         out.append(cand)

@@ -379,3 +379,11 @@ def test_overwrite_replaces_a_non_empty_output(hub, tmp_path):
 def test_normalize_is_an_explicit_choice():
     config = SoupConfig(candidates=["org/a", "org/b"], method="weighted", weights=[1, 3], normalize=True).validate()
     assert config.weights == [0.25, 0.75]
+
+
+def test_same_local_folder_twice_is_used_once(tiny_models, tmp_path):
+    a = str(tiny_models["ft0"])
+    with pytest.warns(UserWarning, match="has the same content as"):
+        soup = SoupBuilder(candidates=[a, a + "/", str(tiny_models["ft1"])], method="uniform",
+                           output_dir=tmp_path / "out", check_weights=False).build()
+    assert len(soup.ingredients) == 2
