@@ -172,6 +172,7 @@ class SoupConfig:
 
         Raises:
             RecipeError: a value is invalid (the message names the field and the fix).
+            InvalidReferenceError: a candidate, the base or the push target is not a valid reference / repo id.
             EvaluationError: the held-out dataset is a local file that does not exist.
         """
         self._drop_repeated_candidates()
@@ -213,9 +214,11 @@ class SoupConfig:
         if self.accumulate_dtype not in ("float32", "float64"):
             raise RecipeError(f"accumulate_dtype must be float32 or float64, got {self.accumulate_dtype!r}",
                               hint="Use accumulate_dtype: float32 (default) or float64.")
-        if self.push_to is not None:
-            from .candidates import validate_repo_id
+        from .candidates import parse_reference, validate_repo_id
 
+        for ref in self.candidates + ([self.base] if self.base else []):
+            parse_reference(ref)  # a malformed reference fails now, before any download
+        if self.push_to is not None:
             validate_repo_id(self.push_to, what="repo id for push_to (the Hub repo to publish to)")
         self._check_dataset_path()
         return self
