@@ -436,6 +436,11 @@ DTYPE_SIZES = {
     "I16": 2, "U16": 2, "F16": 2, "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8,
     "C64": 8,
 }
+_CORRUPT_HINT = (
+    "The file is truncated or corrupted (or not safetensors). Re-save the model with save_pretrained(..., "
+    "safe_serialization=True) and publish it again; if only a download is damaged, delete it from the Hugging Face "
+    "cache (HF_HUB_CACHE) and retry."
+)
 #: The largest header accepted (the safetensors library's own limit is 100 MB).
 MAX_HEADER_BYTES = 100_000_000
 
@@ -470,8 +475,7 @@ def check_safetensors_header(path: Path, *, ref: str, name: Optional[str] = None
         return InvalidWeightsError(
             f"{shown} is not a valid safetensors file: {problem}",
             candidate=ref,
-            hint="The file is truncated or corrupted (or not safetensors): re-download it or re-save the model "
-            "with save_pretrained(..., safe_serialization=True).",
+            hint=_CORRUPT_HINT,
         )
 
     try:
@@ -522,8 +526,7 @@ def validate_safetensors_header(
         return InvalidWeightsError(
             f"{name} is not a valid safetensors file: {problem}",
             candidate=ref,
-            hint="The file is truncated or corrupted (or not safetensors): re-download it or re-save the model "
-            "with save_pretrained(..., safe_serialization=True).",
+            hint=_CORRUPT_HINT,
         )
 
     specs: Dict[str, Spec] = {}

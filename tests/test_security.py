@@ -339,7 +339,7 @@ def test_corrupt_headers_are_refused_before_reading(tmp_path, header, data, decl
         check_safetensors_header(path, ref="org/run-a")
     text = str(info.value)
     assert message in text and "org/run-a" in text and "model.safetensors" in text
-    assert "re-save" in info.value.hint
+    assert "Re-save" in info.value.hint
 
 
 def test_header_that_is_not_json_and_tiny_files(tmp_path):
