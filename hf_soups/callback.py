@@ -612,15 +612,16 @@ class SoupCallback(TrainerCallback, ExportableState):
         builder = SoupBuilder(
             cands, self.method, eval_dataset=dataset, metric=metric, compute_metrics=compute_metrics,
             accelerator=acc, token=self.token, cache_dir=self.cache_dir, check_weights=self.check_weights,
+            output_dir=work / "soup",
             base=base_ref if self.method == "interpolate" else None, **options,
         )
         if self._dataset_name(trainer):
             builder.config.evaluation.dataset = self._dataset_name(trainer)  # type: ignore[union-attr]
+        builder.config.output.overwrite = True  # the soup of this run's previous train() call, if any
         model = acc.unwrap_model(trainer.model)
-        soup = builder.build()  # every process: the evaluator is data-parallel
-        if acc.is_main_process:
-            soup.save_pretrained(work / "soup", overwrite=True)
-        acc.wait_for_everyone()
+        # Every process builds (the evaluator is data-parallel); the builder writes `work/soup` on the main process
+        # only and points the others' Soup at it. The push stays here, where an error reaches every process.
+        soup = builder.build()
         self.soup = soup
         self._log(trainer, soup)
         if self.load_soup_into_model:

@@ -152,16 +152,19 @@ def test_checkpoints_survive_save_total_limit(local_hub, hub_base, tmp_path):
     assert not torch.equal(trained["classifier.weight"], soup_weights["classifier.weight"])
 
 
-def test_resume_keeps_collected_checkpoints(local_hub, hub_base, tmp_path):
-    common = dict(save_strategy="steps", save_steps=2, cache_dir=None)
-    common.pop("cache_dir")
-    run(tmp_path, "res", SoupCallback(include_checkpoints=True), max_steps=2, **common)
+@pytest.mark.parametrize("trainer_restores", [False, True], ids=["self-restored", "restore_callback_states"])
+def test_resume_keeps_collected_checkpoints(local_hub, hub_base, tmp_path, trainer_restores):
+    common = dict(save_strategy="steps", save_steps=2, restore_callback_states_from_checkpoint=trainer_restores)
+    run(tmp_path, "res", SoupCallback(include_checkpoints=True, cache_dir=str(tmp_path / "scores")), max_steps=2,
+        **common)
     state = json.loads((tmp_path / "res" / "checkpoint-2" / "trainer_state.json").read_text())
     assert [s["step"] for s in state["stateful_callbacks"]["SoupCallback"]["attributes"]["snapshots"]] == [2]
     assert "token" not in state["stateful_callbacks"]["SoupCallback"]["args"]
 
     cb = SoupCallback(include_checkpoints=True, cache_dir=str(tmp_path / "scores"))  # a fresh process's callback
-    run(tmp_path, "res", cb, max_steps=4, resume=str(tmp_path / "res" / "checkpoint-2"), **common)
+    trainer = run(tmp_path, "res", cb, max_steps=4, resume=str(tmp_path / "res" / "checkpoint-2"), **common)
+    if trainer_restores:  # the Trainer replaced our instance by one built from the checkpoint's state
+        (cb,) = [c for c in trainer.callback_handler.callbacks if isinstance(c, SoupCallback)]
     assert [s["step"] for s in cb.snapshots] == [2, 4]
     assert len(cb.soup.ingredients) == 2  # trained (step 4) + the step-2 snapshot of the first session
 
