@@ -193,7 +193,7 @@ def test_hyperparameters_and_metrics_helpers(tmp_path):
 
 
 DDP_SCRIPT = textwrap.dedent('''
-    import sys, numpy as np, torch
+    import json, sys, numpy as np, torch
     from pathlib import Path
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
@@ -215,7 +215,8 @@ DDP_SCRIPT = textwrap.dedent('''
                       compute_metrics=lambda p: {"accuracy": float((np.argmax(p.predictions, -1) == p.label_ids).mean())})
     trainer.train()
     acc = [h["soup_accuracy"] for h in trainer.state.log_history if "soup_accuracy" in h]
-    print(f"RANK {trainer.args.process_index} soup_accuracy {acc} ingredients {len(cb.soup.ingredients)}", flush=True)
+    Path(out, f"rank-{trainer.args.process_index}.json").write_text(
+        json.dumps({"soup_accuracy": acc, "ingredients": len(cb.soup.ingredients), "folder": str(cb.soup.folder)}))
 ''')
 
 
@@ -232,8 +233,8 @@ def test_two_process_run_pushes_once(local_hub, hub_base, tmp_path):
         env=env, capture_output=True, text=True, timeout=280,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ranks = sorted(line for line in proc.stdout.splitlines() if line.startswith("RANK"))
-    assert len(ranks) == 2 and ranks[0].split(" ", 2)[2] == ranks[1].split(" ", 2)[2]  # same soup metrics
+    ranks = [json.loads((tmp_path / "ddp" / f"rank-{i}.json").read_text()) for i in range(2)]
+    assert ranks[0] == ranks[1] and ranks[0]["ingredients"] == 2 and len(ranks[0]["soup_accuracy"]) == 1
     commits = [r for r in local_hub.requests if r.method == "POST" and "/commit/" in r.path]
     assert len(commits) == 1 and commits[0].repo_id == "org/soup-ddp"
     assert len(local_hub.api().list_repo_commits("org/soup-ddp")) == 2  # initial + the soup
