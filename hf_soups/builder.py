@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .candidates import Candidate, hyperparameters, resolve_all
-from .errors import OutputExistsError, RecipeError
+from .errors import HfSoupsError, OutputExistsError, RecipeError
 from .hub import Hub
 from .lineage import verify_lineage
 from .methods import MixContext, get_method, score_ingredients, trial_key
@@ -145,12 +145,10 @@ class SoupBuilder:
         """
         cfg = self.config.validate()
         out_dir = Path(cfg.output.dir) if cfg.output.dir else None
-        if out_dir is not None and out_dir.exists() and any(out_dir.iterdir()) and not cfg.output.overwrite:
-            raise OutputExistsError(f"output folder {out_dir} exists and is not empty",
-                                    hint="Choose another folder or pass overwrite (--overwrite).")
-        evaluator = self._make_evaluator() if cfg.evaluation is not None else None
+        _check_output_dir(out_dir, cfg.output.overwrite)
 
-        # 1-2. resolve every candidate (headers only) and verify lineage; nothing heavy before this passes.
+        # 1. resolve every candidate (metadata and headers only): a name that does not exist fails here, before
+        # the held-out dataset or any weight is downloaded.
         refs: List[Union[str, Candidate]] = list(self._candidate_objects) or list(cfg.candidates)
         candidates = resolve_all(refs, self.hub, allow_pickle=cfg.allow_pickle,
                                  minimum=1 if cfg.method == "interpolate" else 2)
@@ -160,6 +158,7 @@ class SoupBuilder:
                 "which weight applies is ambiguous",
                 hint="Name each commit once, with one weight each.",
             )
+        evaluator = self._make_evaluator() if cfg.evaluation is not None else None
 
         def check_evaluation(cands: List[Candidate]) -> None:
             # The evaluation set-up (columns, labels against the model, metric loading) fails here, from config
@@ -167,32 +166,35 @@ class SoupBuilder:
             if evaluator is not None:
                 evaluator.prepare(cands[0].fetch_metadata(self.hub))
 
-        # Under `accelerate launch` every process runs this; the main one downloads first and the others then
-        # find the files in the Hub cache, so each file crosses the network once.
-        state = self._process_state(evaluator)
-        with state.main_process_first():
+        def verify_and_fetch() -> Any:
             report = verify_lineage(candidates, base=cfg.base, hub=self.hub, check_weights=cfg.check_weights,
                                     allow_pickle=cfg.allow_pickle, before_download=check_evaluation)
             report.raise_for_problems()
-            # 3. fetch
             folders = [c.fetch(self.hub) for c in candidates]
             base_folder = None
             if cfg.base is not None:
                 base_folder = Candidate(cfg.base, allow_pickle=cfg.allow_pickle).resolve(self.hub).fetch(self.hub)
-        # pin the recipe: every candidate at its commit
-        cfg.candidates = [c.pinned_ref for c in candidates]
+            return report, folders, base_folder
 
-        # 4-5. evaluate and mix, into a staging folder next to the output: weights, soup.json, card and plot are
-        # all written there and renamed into place at the very end, so a failure at any step leaves either the
-        # previous output (with overwrite) or nothing, never a half-written soup.
-        # Only the main process writes the output folder and pushes; the others mix into a private temporary folder
-        # (same bits) and point their Soup at the output once the main process has renamed it into place.
-        publish = out_dir is not None and state.is_main_process
-        if publish:
-            out_dir.parent.mkdir(parents=True, exist_ok=True)
-            stage = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-        else:
-            stage = Path(tempfile.mkdtemp(prefix="hf-soups-"))
+        # 2-3. verify lineage and fetch. Under `accelerate launch` every process runs this method: the main one
+        # verifies and downloads first; the others then find every file in the Hub cache (each file crosses the
+        # network once), and an error on the main process is raised on every process instead of hanging them.
+        state = self._process_state(evaluator)
+        fetched = _run_on_main(state, verify_and_fetch)
+        report, folders, base_folder = fetched if state.is_main_process else verify_and_fetch()
+        cfg.candidates = [c.pinned_ref for c in candidates]  # the recipe, pinned: every candidate at its commit
+
+        # 4-5. evaluate and mix into a staging folder next to the output (one path, chosen by the main process):
+        # weights, soup.json, card and plot are all written there by the main process and renamed into place at
+        # the very end, so a failure at any step leaves the previous output (with overwrite) or nothing, never a
+        # half-written soup.
+        def make_stage() -> str:
+            if out_dir is not None:
+                out_dir.parent.mkdir(parents=True, exist_ok=True)
+                return tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent)
+            return tempfile.mkdtemp(prefix="hf-soups-")
+
+        stage = Path(_run_on_main(state, make_stage, share=True))
         target = stage / "soup"
         try:
             ctx = MixContext(candidates=candidates, folders=folders, config=cfg, output_dir=target,
@@ -200,23 +202,23 @@ class SoupBuilder:
             if evaluator is not None:
                 evaluator.prepare(folders[0])
             result = get_method(cfg.method).run(ctx)
-            soup = self._assemble(ctx, result, report)
-            if publish:
-                assert out_dir is not None
-                if out_dir.exists():  # empty, or non-empty with overwrite (refused above otherwise)
+            soup = self._assemble(ctx, result, report, write=state.is_main_process)
+
+            def publish() -> None:
+                if out_dir is None:
+                    return
+                if out_dir.exists():  # empty, or a previous soup with overwrite (checked above)
                     os.replace(out_dir, stage / "previous")
                 os.replace(target, out_dir)
+
+            _run_on_main(state, publish)
+            if out_dir is not None:
                 soup._relocate(out_dir)
         finally:
-            if publish:
+            if out_dir is not None and state.is_main_process:
                 shutil.rmtree(stage, ignore_errors=True)
-        if cfg.push_to and state.is_main_process:
-            soup.push_to_hub(cfg.push_to, private=cfg.private, token=self.hub.token)
-        if state.num_processes > 1:
-            state.wait_for_everyone()
-            if out_dir is not None and not state.is_main_process:
-                soup._relocate(out_dir)
-                shutil.rmtree(stage, ignore_errors=True)
+        if cfg.push_to:
+            _run_on_main(state, lambda: soup.push_to_hub(cfg.push_to, private=cfg.private, token=self.hub.token))
         return soup
 
     def _process_state(self, evaluator: Any) -> Any:
@@ -248,7 +250,7 @@ class SoupBuilder:
             accelerator=self.accelerator,
         )
 
-    def _assemble(self, ctx: MixContext, result: Any, report: Any) -> Soup:
+    def _assemble(self, ctx: MixContext, result: Any, report: Any, *, write: bool = True) -> Soup:
         cfg = ctx.config
         ev = ctx.evaluator
         references: Dict[str, Optional[float]] = {}
@@ -286,7 +288,8 @@ class SoupBuilder:
             greater_is_better=ev.greater_is_better if ev is not None else True,
             extra={**result.extra, **({"mixing_warnings": result.mix.warnings} if result.mix.warnings else {})},
         )
-        soup._write_extras(soup.folder)
+        if write:
+            soup._write_extras(soup.folder)
         return soup
 
     def _uniform_score(self, ctx: MixContext) -> Optional[float]:
@@ -301,15 +304,9 @@ class SoupBuilder:
                                       desc="Evaluating the uniform soup").score
 
     def _ensemble_score(self, ctx: MixContext) -> Optional[float]:
-        from .modeling import load_folder_into
+        from .methods import logit_ensemble
 
-        model = ctx.model()
-        total = None
-        for folder in ctx.folders:
-            load_folder_into(model, folder)
-            logits = ctx.evaluator.predict_logits(model).float()
-            total = logits if total is None else total + logits
-        return ctx.evaluator.score_logits(total / len(ctx.folders)).get(ctx.evaluator.selection_metric)
+        return logit_ensemble(ctx).get(ctx.evaluator.selection_metric)
 
 
 def default_cache_dir() -> Path:
@@ -317,3 +314,52 @@ def default_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HOME) / "hf_soups" / "scores"
+
+
+def _check_output_dir(out_dir: Optional[Path], overwrite: bool) -> None:
+    """Refuse an output folder that exists and is not empty, unless overwrite; even with overwrite, replace only
+    a previous hf-soups output (a recipe is data, maybe from the Hub: it must not be able to delete any folder)."""
+    if out_dir is None or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputExistsError(f"output {out_dir} exists and is not a folder", hint="Choose another output folder.")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise OutputExistsError(f"output folder {out_dir} exists and is not empty",
+                                hint="Choose another folder or pass overwrite (--overwrite).")
+    if not (out_dir / "soup.json").is_file():
+        raise OutputExistsError(
+            f"output folder {out_dir} is not an hf-soups output (no soup.json): refusing to replace it, even with "
+            "overwrite",
+            hint="Choose another folder, or delete it yourself.",
+        )
+
+
+def _run_on_main(state: Any, fn: Callable[[], Any], *, share: bool = False) -> Any:
+    """Run `fn` on the main process only; every process learns whether it worked.
+
+    Without this, an error on the main process would leave the others waiting at the next barrier forever. The
+    main process re-raises its own exception; the others raise an `HfSoupsError` naming it. With ``share=True``
+    the (picklable) result is broadcast to every process; otherwise the others get None.
+    """
+    if getattr(state, "num_processes", 1) <= 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    error: Optional[BaseException] = None
+    value: Any = None
+    message: Optional[str] = None
+    if state.is_main_process:
+        try:
+            value = fn()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other processes
+            error, message = exc, f"{type(exc).__name__}: {exc}"
+    payload = [(message, value if share else None)]
+    broadcast_object_list(payload, from_process=0)
+    message, shared = payload[0]
+    if error is not None:
+        raise error
+    if message is not None:
+        raise HfSoupsError(f"the main process failed, so this process stops too: {message}")
+    return value if state.is_main_process else shared

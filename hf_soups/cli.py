@@ -196,6 +196,10 @@ def _demo_description() -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the command line; returns the exit code."""
+    import warnings
+
+    # The CLI prints tables and one-line messages: a warning is "warning: <what and what to do>", not a source line.
+    warnings.formatwarning = lambda message, *_args, **_kwargs: f"warning: {message}\n"
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -185,12 +185,14 @@ class Soup:
         The folder loads with ``AutoModelFor<Task>.from_pretrained(save_directory)``.
 
         Raises:
-            OutputExistsError: the folder exists and is not empty, and `overwrite` is False.
+            OutputExistsError: the folder exists and is not empty, and `overwrite` is False; or it is not a previous
+                hf-soups output (no `soup.json`), which is never replaced.
         """
         target = Path(save_directory)
-        if target.exists() and any(target.iterdir()) and not overwrite and target.resolve() != self.folder.resolve():
-            raise OutputExistsError(f"output folder {target} exists and is not empty",
-                                    hint="Choose another folder or pass overwrite=True (--overwrite).")
+        if target.exists() and target.resolve() != self.folder.resolve():
+            from .builder import _check_output_dir
+
+            _check_output_dir(target, overwrite)
         if target.resolve() == self.folder.resolve():
             self._write_extras(target)
             return target
