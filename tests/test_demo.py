@@ -115,7 +115,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     assert code == 0
     assert (out / "greedy-soup" / "README.md").is_file() and (out / "greedy-soup" / "soup.json").is_file()
     card = (out / "greedy-soup-card-from-hub.md").read_text()
-    assert "demo/minilm-sst2-lr0.0001-seed1" in card and "model-soup" in card
+    assert "demo/minilm-sst2-lr0.0002-seed1" in card and "model-soup" in card
     for needle in ("SoupCallback published", "lineage verified", "uniform soup", "greedy soup",
                    "ModelCard.load", "model card:", "plot:"):
         assert needle in text, needle
