@@ -396,8 +396,7 @@ def _dataset_downloads(hub) -> List[str]:
 
 @pytest.mark.parametrize("bad", [
     pytest.param("org/mo del", id="malformed"),
-    pytest.param("org/nope", id="not found", marks=pytest.mark.xfail(
-        reason="builder loads the dataset before resolving candidates (.notes/requests.md, issue 8)", strict=True)),
+    pytest.param("org/nope", id="not found"),
 ])
 def test_a_bad_candidate_fails_before_the_dataset_is_downloaded(bad, hub, data, tmp_path):
     # a held-out set can be large: a candidate that cannot be resolved must fail before it is fetched

@@ -443,11 +443,6 @@ def test_default_hub_refuses_a_corrupt_header_before_download(local_hub, tiny_mo
     assert _weight_gets(local_hub) == []
 
 
-_GUARD = pytest.mark.xfail(reason="overwrite replaces any folder, soup or not (.notes/requests.md, issue 8)",
-                           strict=True)
-
-
-@_GUARD
 def test_overwrite_never_replaces_a_folder_that_is_not_a_soup(tiny_models, tmp_path):
     # a recipe is data (it may come from the Hub, as a soup.json): `output: {dir: ~/.config, overwrite: true}`
     # must not be able to wipe a user's folder
