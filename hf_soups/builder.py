@@ -104,6 +104,8 @@ class SoupBuilder:
                 ev.config = eval_config
             if metric is not None and not callable(metric) and isinstance(metric, (str, list, tuple)):
                 ev.metric = [metric] if isinstance(metric, str) else [str(m) for m in metric]
+            if compute_metrics is not None and metric is None:
+                ev.metric = []  # the Trainer-style function is the metric: load no `evaluate` module besides it
             for k, v in eval_options.items():
                 setattr(ev, k, v)
             cfg.evaluation = ev
@@ -242,7 +244,7 @@ class SoupBuilder:
         settings = EvalSettings(batch_size=ev.batch_size, max_length=ev.max_length, max_samples=ev.max_samples,
                                 seed=ev.seed)
         metric = self.metric_objects if self.metric_objects is not None else (
-            ev.metric if len(ev.metric) != 1 else ev.metric[0])
+            None if not ev.metric else ev.metric if len(ev.metric) != 1 else ev.metric[0])
         return Evaluator(
             dataset, task=ev.task, metric=metric, selection_metric=ev.selection_metric,
             greater_is_better=ev.greater_is_better, columns=ev.columns or None, split=ev.split, settings=settings,
