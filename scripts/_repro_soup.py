@@ -240,6 +240,19 @@ def run_soup(*, smoke: bool = False, min_ingredients: int = 6, learned_steps: in
     return result
 
 
+def rerender(*, smoke: bool = False, write_benchmarks: bool = True) -> Dict[str, Any]:
+    """Re-write the figure and the BENCHMARKS section from a previous run's results.json (no model is run)."""
+    root = rt.REPRO_DIR / ("smoke" if smoke else "")
+    result = json.loads((root / "soup" / "results.json").read_text())
+    fig_path = root / "soup" / "sst2_soups.png" if smoke else FIGURE
+    plot(result, fig_path)
+    table = markdown(result, fig_path)
+    print(table)
+    if write_benchmarks and not smoke:
+        write_section(BENCHMARKS, table)
+    return result
+
+
 # -------------------------------------------------------------------------------------------------- reporting
 def _pct(x: Optional[float]) -> str:
     return "" if x is None else f"{100 * x:.2f}"
@@ -299,8 +312,12 @@ def markdown(result: Dict[str, Any], figure: Path) -> str:
         "significant at the 5% level" if gt["p_value"] < 0.05 else "not significant at the 5% level"
     )
     greedy_row = next(r for r in rows if r["model"] == "greedy soup")
+    significant = [f"{m} ({100 * (next(r for r in rows if r['model'] == m)['test'] - best['test']):+.2f} points, "
+                   f"p = {t['p_value']:.3g})" for m, t in tests.items() if t["p_value"] < 0.05]
     lines += [
         "",
+        "Different from the best single model on test at the 5% level (McNemar): "
+        + ("; ".join(significant) if significant else "none") + ".",
         f"Greedy soup vs best single model on test: {_pct(greedy_row['test'])} % vs {_pct(best['test'])} % "
         f"({100 * (greedy_row['test'] - best['test']):+.2f} points); the greedy soup alone is right on "
         f"{gt['a_only']} rows, the best single alone on {gt['b_only']}; McNemar exact p = {gt['p_value']:.3g} "
@@ -363,7 +380,7 @@ def plot(result: Dict[str, Any], path: Path) -> None:
         pts = [r for r in ing if r["learning_rate"] == lr]
         ax.scatter([100 * r["dev"] for r in pts], [100 * r["test"] for r in pts], s=45, alpha=0.9,
                    color=palette[j % len(palette)], label=f"fine-tune, lr {lr:g}", zorder=3)
-    styles = {"uniform soup": ("o", "tab:blue"), "greedy soup": ("*", "tab:red"),
+    styles = {"uniform soup": ("o", "tab:orange"), "greedy soup": ("*", "tab:red"),
               "learned soup": ("D", "tab:purple"), "logit ensemble": ("s", "tab:gray")}
     for label, (marker, color) in styles.items():
         r = next(x for x in rows if x["model"] == label)

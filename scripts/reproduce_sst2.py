@@ -38,14 +38,19 @@ def main(argv=None) -> int:
         s.add_argument("--min-ingredients", type=int, default=6, help="refuse to run with fewer complete ones")
         s.add_argument("--learned-steps", type=int, default=100, help="Adam steps of the learned soup")
         s.add_argument("--no-benchmarks", action="store_true", help="do not write BENCHMARKS.md")
+        s.add_argument("--from-results", action="store_true",
+                       help="only re-render the table and figure from .repro/soup/results.json")
     a = p.parse_args(argv)
     if a.phase in ("train", "all"):
         rt.run_train(smoke=a.smoke, only=getattr(a, "only", None))
     if a.phase in ("soup", "all"):
         import _repro_soup
 
-        _repro_soup.run_soup(smoke=a.smoke, min_ingredients=a.min_ingredients, learned_steps=a.learned_steps,
-                             write_benchmarks=not a.no_benchmarks)
+        if a.from_results:
+            _repro_soup.rerender(smoke=a.smoke, write_benchmarks=not a.no_benchmarks)
+        else:
+            _repro_soup.run_soup(smoke=a.smoke, min_ingredients=a.min_ingredients, learned_steps=a.learned_steps,
+                                 write_benchmarks=not a.no_benchmarks)
     return 0
 
 
