@@ -59,7 +59,8 @@ _BN_HINT = (
 )
 # Not copied from `copy_files_from`: weights (ours replace them), the card and provenance (written by others).
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
-_NOT_COPIED = {"README.md", "soup.json"}
+# Files that describe one ingredient, not the soup: a soup must not carry its first ingredient's card or provenance.
+_NOT_COPIED = {"README.md", "soup.json", "hf_soups_ingredient.json"}
 
 
 # --------------------------------------------------------------------------------------------- reading
