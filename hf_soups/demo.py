@@ -258,7 +258,10 @@ def _train_and_publish(run: _Run, base_sha: str, data: Dict[str, Any], args: arg
 
 
 def _test_scores(folders: Dict[str, Path], test: Any, metric: Any, args: argparse.Namespace,
-                 say: _Printer) -> Dict[str, float]:
+                 say: _Printer) -> Dict[str, Any]:
+    """Accuracy (through the `evaluate` metric) and per-row correctness of each model on the test rows."""
+    import numpy as np
+
     from .evaluation import EvalSettings, Evaluator
     from .modeling import load_folder_into, load_model
 
@@ -267,12 +270,44 @@ def _test_scores(folders: Dict[str, Path], test: Any, metric: Any, args: argpars
                    settings=EvalSettings(batch_size=64, max_length=args.max_length))
     ev.prepare(first)
     model = load_model(first)
-    scores = {}
+    labels = np.asarray(test["label"])
+    scores: Dict[str, Any] = {}
     for name, folder in folders.items():
         load_folder_into(model, folder)
-        scores[name] = float(ev.evaluate(model, desc=f"test: {name}").score)
+        logits = ev.predict_logits(model, desc=f"test: {name}")
+        scores[name] = float(ev.score_logits(logits)[ev.selection_metric])
+        scores[f"{name}:correct"] = logits.argmax(-1).numpy() == labels
     say(f"scored {len(folders)} models on the {len(test)} test rows (never used for a choice)")
     return scores
+
+
+def mcnemar_exact(a_correct: Any, b_correct: Any) -> Dict[str, Any]:
+    """McNemar's exact test of two classifiers scored on the same rows.
+
+    Args:
+        a_correct, b_correct: booleans, whether each model got each row right (same rows, same order).
+
+    Returns:
+        ``{"a_only", "b_only", "n_discordant", "p_value"}``: the rows only A (only B) gets right, and the two-sided
+        exact binomial p-value of the smaller count among the discordant rows with probability 1/2 (1.0 when no
+        row is discordant).
+
+    Example:
+        >>> mcnemar_exact([True, True, False], [True, False, False])["p_value"]
+        1.0
+    """
+    import math
+
+    import numpy as np
+
+    a = np.asarray(a_correct, dtype=bool)
+    b = np.asarray(b_correct, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"McNemar needs the same rows for both models (shapes {a.shape} and {b.shape})")
+    only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
+    n = only_a + only_b
+    p = 1.0 if n == 0 else min(1.0, 2.0 * sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2.0 ** n)
+    return {"a_only": only_a, "b_only": only_b, "n_discordant": n, "p_value": p}
 
 
 def _table(rows: List[Dict[str, Any]], has_test: bool) -> str:
@@ -293,19 +328,19 @@ def _pct(x: Optional[float]) -> str:
     return "" if x is None else f"{100 * x:.2f} %"
 
 
-def _verdict(name: str, soup: Optional[float], best: float, best_name: str, n: int, split: str) -> str:
+def _verdict(name: str, soup: Optional[float], best: float, best_name: str, n: int, split: str,
+             paired: Optional[Dict[str, Any]] = None) -> str:
     if soup is None:
         return f"{name}: not measured on {split}"
     diff = 100 * (soup - best)
+    word = "beats" if diff > 0 else ("ties" if diff == 0 else "does NOT beat")
+    head = f"{name} {word} the best ingredient ({best_name}) on {split}: {diff:+.2f} points"
+    if paired is not None:
+        p = paired["p_value"]
+        return (f"{head} (right on {paired['a_only']} rows the ingredient misses, wrong on {paired['b_only']} it gets; "
+                f"McNemar exact p = {p:.3g}: " + ("significant at 5 %" if p < 0.05 else "not significant") + ")")
     se = 100 * (max(best * (1 - best), 1e-12) / n) ** 0.5
-    if diff > 0:
-        word = "beats"
-    elif diff == 0:
-        word = "ties"
-    else:
-        word = "does NOT beat"
-    return (f"{name} {word} the best ingredient ({best_name}) on {split}: {diff:+.2f} points "
-            f"(one standard error on {n} rows is about {se:.1f} points, so this is "
+    return (f"{head} (one standard error on {n} rows is about {se:.1f} points: "
             + ("within noise" if abs(diff) < 2 * se else "more than two standard errors") + ")")
 
 
@@ -400,7 +435,7 @@ def run_demo(args: argparse.Namespace) -> int:
         names = {i.ref: r.name for r, i in zip(runs, greedy.ingredients)}
         dev = {names[i.ref]: i.score for i in greedy.ingredients}
         weights = {names[i.ref]: i.weight for i in greedy.ingredients}
-        test: Dict[str, float] = {}
+        test: Dict[str, Any] = {}
         if "test" in data:
             from .candidates import Candidate
             from .hub import Hub
@@ -424,7 +459,9 @@ def run_demo(args: argparse.Namespace) -> int:
     for name, soup in (("greedy soup", greedy), ("uniform soup", uniform)):
         print("- " + _verdict(name, soup.score, dev[best_name], best_name, n_dev, "held-out"))
         if test:
-            print("- " + _verdict(name, test.get(name), test[best_name], best_name, len(data["test"]), "test"))
+            paired = mcnemar_exact(test[f"{name}:correct"], test[f"{best_name}:correct"])
+            print("- " + _verdict(name, test.get(name), test[best_name], best_name, len(data["test"]), "test",
+                                  paired))
     print()
     print(f"greedy soup:   {greedy.folder}  (loads with AutoModelForSequenceClassification.from_pretrained)")
     print(f"model card:    {greedy.folder / 'README.md'}  (as loaded back from the hub: {card_copy})")

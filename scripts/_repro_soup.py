@@ -29,6 +29,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 import _repro_train as rt
+from hf_soups.demo import mcnemar_exact  # noqa: F401  (the library's exact McNemar test)
 
 REPO = rt.REPO
 BENCHMARKS = REPO / "BENCHMARKS.md"
@@ -38,30 +39,6 @@ COMMAND = ".venv/bin/python scripts/reproduce_sst2.py soup"
 
 
 # ------------------------------------------------------------------------------------------------- statistics
-def mcnemar_exact(a_correct: np.ndarray, b_correct: np.ndarray) -> Dict[str, Any]:
-    """McNemar's exact test of two classifiers on the same rows.
-
-    Args:
-        a_correct, b_correct: boolean arrays, whether each model got each row right.
-
-    Returns:
-        ``{"a_only": b, "b_only": c, "n_discordant": b + c, "p_value": p}`` where p is the two-sided exact
-        binomial p-value of ``min(b, c)`` successes in ``b + c`` trials with probability 1/2 (1.0 when b + c = 0).
-    """
-    a = np.asarray(a_correct, dtype=bool)
-    b = np.asarray(b_correct, dtype=bool)
-    only_a = int(np.sum(a & ~b))
-    only_b = int(np.sum(~a & b))
-    n = only_a + only_b
-    if n == 0:
-        p = 1.0
-    else:
-        k = min(only_a, only_b)
-        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
-        p = min(1.0, 2.0 * tail)
-    return {"a_only": only_a, "b_only": only_b, "n_discordant": n, "p_value": p}
-
-
 def standard_error(acc: float, n: int) -> float:
     """Binomial standard error of an accuracy measured on n rows."""
     return math.sqrt(max(acc * (1.0 - acc), 0.0) / n)

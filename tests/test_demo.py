@@ -76,6 +76,28 @@ def test_verdict_is_honest_when_a_soup_loses() -> None:
     assert "ties" in _verdict("greedy soup", 0.82, 0.82, "run-a", 400, "test")
 
 
+def test_mcnemar_exact_matches_the_binomial_test() -> None:
+    from hf_soups.demo import mcnemar_exact
+
+    a = [True] * 20 + [False] * 6 + [True] * 50 + [False] * 10
+    b = [False] * 20 + [True] * 6 + [True] * 50 + [False] * 10
+    res = mcnemar_exact(a, b)
+    assert (res["a_only"], res["b_only"], res["n_discordant"]) == (20, 6, 26)
+    stats = pytest.importorskip("scipy.stats")
+    assert res["p_value"] == pytest.approx(stats.binomtest(6, 26, 0.5).pvalue, rel=1e-9)
+    assert mcnemar_exact([True, False], [True, False])["p_value"] == 1.0
+    with pytest.raises(ValueError):
+        mcnemar_exact([True], [True, False])
+
+
+def test_paired_verdict_reports_mcnemar() -> None:
+    from hf_soups.demo import _verdict
+
+    text = _verdict("greedy soup", 0.81, 0.7625, "run-b", 400, "test",
+                    {"a_only": 30, "b_only": 11, "n_discordant": 41, "p_value": 0.004})
+    assert "beats" in text and "p = 0.004" in text and "significant at 5 %" in text
+
+
 def test_demo_refuses_to_replace_a_folder_it_did_not_write(tmp_path: Path) -> None:
     from hf_soups.demo import MARKER, _prepare_output
 
@@ -117,5 +139,5 @@ def test_tiny_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture
     card = (out / "greedy-soup-card-from-hub.md").read_text()
     assert "demo/minilm-sst2-lr0.0002-seed1" in card and "model-soup" in card
     for needle in ("SoupCallback published", "lineage verified", "uniform soup", "greedy soup",
-                   "ModelCard.load", "model card:", "plot:"):
+                   "ModelCard.load", "McNemar exact p", "model card:", "plot:"):
         assert needle in text, needle
