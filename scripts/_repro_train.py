@@ -72,6 +72,9 @@ class RunConfig:
 # The grid. Order matters: if the phase is stopped early, the first runs already span the learning rates.
 GRID: List[RunConfig] = [
     RunConfig(lr, seed, 1) for seed in (0, 1) for lr in (2e-5, 5e-5, 1e-4)
+] + [
+    # two-epoch runs, so that the grid varies epochs too (learning rate x seed x epochs, as in the paper)
+    RunConfig(5e-5, 2, 2), RunConfig(2e-5, 2, 2),
 ]
 
 
