@@ -110,6 +110,7 @@ class Hub:
         self.max_retries = max_retries
         self.retry_wait = retry_wait
         self.timeout = timeout
+        self._safetensors_meta: Dict[Tuple[str, str], Any] = {}  # (repo, sha) -> headers: a commit never changes
 
     def redact(self, text: str) -> str:
         """`redact`, plus this connection's own token whatever its form."""
@@ -187,22 +188,45 @@ class Hub:
                 what=f"downloading {repo_id}",
             )
 
+    def _safetensors_metadata(self, repo_id: str, sha: str, *, ref: str) -> Any:
+        """The parsed safetensors headers of every weight file at `sha`, read once (Range requests only)."""
+        key = (repo_id, sha)
+        if key not in self._safetensors_meta:
+            with self._translate(ref, repo_id=repo_id, revision=sha):
+                self._safetensors_meta[key] = self._retrying(
+                    lambda: self.api.get_safetensors_metadata(repo_id, revision=sha, timeout=self.timeout),
+                    what=f"reading the safetensors headers of {repo_id}",
+                )
+        return self._safetensors_meta[key]
+
     def safetensors_specs(self, repo_id: str, sha: str, *, ref: str) -> Dict[str, Spec]:
         """Names, dtypes and shapes of every tensor, read from the safetensors headers only (Range requests).
 
         No weight bytes are downloaded: the client reads the first bytes of each file (and the index for
         sharded checkpoints).
         """
-        with self._translate(ref, repo_id=repo_id, revision=sha):
-            meta = self._retrying(
-                lambda: self.api.get_safetensors_metadata(repo_id, revision=sha, timeout=self.timeout),
-                what=f"reading the safetensors headers of {repo_id}",
-            )
+        meta = self._safetensors_metadata(repo_id, sha, ref=ref)
         specs: Dict[str, Spec] = {}
         for file_meta in meta.files_metadata.values():
             for name, info in file_meta.tensors.items():
                 specs[name] = (str(info.dtype), tuple(int(s) for s in info.shape))
         return specs
+
+    def safetensors_layout(self, repo_id: str, sha: str, *, ref: str) -> Dict[str, Dict[str, Dict[str, Any]]]:
+        """Each weight file's header as parsed: ``{file: {tensor: {"dtype", "shape", "data_offsets"}}}``.
+
+        Header only (the same Range reads as :meth:`safetensors_specs`, done once). The candidate checks the
+        offsets against the file sizes the Hub reports, so a corrupt file is refused before it is downloaded.
+        """
+        meta = self._safetensors_metadata(repo_id, sha, ref=ref)
+        return {
+            fname: {
+                name: {"dtype": str(t.dtype), "shape": [int(x) for x in t.shape],
+                       "data_offsets": [int(x) for x in t.data_offsets]}
+                for name, t in fmeta.tensors.items()
+            }
+            for fname, fmeta in meta.files_metadata.items()
+        }
 
     def load_dataset(
         self,
@@ -273,6 +297,9 @@ class Hub:
             PushError: creating the repo or the commit failed; nothing was published. The message names the
                 command that publishes the saved folder alone (``hf-soups push DIR REPO``).
         """
+        from .candidates import validate_repo_id  # imported here: candidates imports this module
+
+        validate_repo_id(repo_id, ref=repo_id, what="repo id to push to")
         folder = Path(folder)
         operations = [
             CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p))

@@ -258,8 +258,6 @@ def test_path_like_references_are_folders_not_repos(tmp_path):
             Candidate(ref).resolve()
 
 
-@pytest.mark.xfail(reason="Hub.push_folder lets huggingface_hub's HFValidationError escape: a traceback, exit 1 "
-                   "(.notes/requests.md, issue 8)", strict=True)
 def test_cli_push_rejects_a_path_trick(local_hub, tiny_models, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "hf_soups.cli", "push", str(tiny_models["ft0"]), "org/../x"],
@@ -271,7 +269,6 @@ def test_cli_push_rejects_a_path_trick(local_hub, tiny_models, tmp_path):
     assert not [r for r in local_hub.requests if r.method in ("POST", "PUT")]
 
 
-@pytest.mark.xfail(reason="Hub.push_folder does not validate the repo id (.notes/requests.md, issue 8)", strict=True)
 def test_push_to_hub_rejects_a_path_trick(local_hub, tiny_models, tmp_path):
     soup = SoupBuilder(candidates=[str(tiny_models["ft0"]), str(tiny_models["ft1"])], method="uniform",
                        output_dir=tmp_path / "out", check_weights=False).build()
@@ -434,7 +431,6 @@ def test_hub_headers_are_checked_against_file_sizes_before_download(local_hub, t
     assert _weight_gets(local_hub) == [], "the corrupt file was downloaded before being refused"
 
 
-@pytest.mark.xfail(reason="hub.Hub has no safetensors_layout yet (.notes/requests.md, issue 8)", strict=True)
 def test_default_hub_refuses_a_corrupt_header_before_download(local_hub, tiny_models, tmp_path):
     _seed(local_hub, "org/corrupt", _corrupt_copy(tiny_models["ft1"], tmp_path / "corrupt"))
     local_hub.clear_requests()
