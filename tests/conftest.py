@@ -20,6 +20,20 @@ if importlib.util.find_spec("hf_soups.testing.pytest_plugin"):
 BASE_REV = "a" * 40
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models run fastest on one thread (and do not fight over shared CPUs); restored afterwards.
+
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")`` or on single tests.
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> Dict[str, Path]:
     """A tiny base and fine-tunes of it, as local folders.

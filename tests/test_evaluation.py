@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,25 +24,14 @@ from hf_soups.metrics import (
 )
 from hf_soups.testing.factories import make_base, make_finetune
 
-SST2_DEV = Path("/work/shared/data/sst2/dev.tsv")
+from _soup_models import sst2_rows
+
 ACC = str(local_metric_path("accuracy"))
 F1 = str(local_metric_path("f1"))
 
 
-def sst2_rows(n: int, offset: int = 0) -> Dataset:
-    """The first `n` rows of SST-2 dev (sentence, int label)."""
-    lines = SST2_DEV.read_text().splitlines()[offset : offset + n]
-    rows = [line.split("\t") for line in lines]
-    return Dataset.from_dict({"sentence": [r[0] for r in rows], "label": [int(r[1]) for r in rows]})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (and do not fight over shared CPUs); restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Tiny models run fastest on one thread (see the `one_thread` fixture in conftest.py).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +57,7 @@ def tokenizer(folders):
 
 @pytest.fixture(scope="module")
 def data() -> Dataset:
-    return sst2_rows(90)
+    return sst2_rows("dev", 90)
 
 
 def manual_logits(model, tokenizer, texts, pairs=None) -> torch.Tensor:
@@ -271,7 +259,7 @@ def test_bound_arithmetic_is_exact_against_the_real_metric():
 
 def test_early_rejection_makes_the_full_evaluations_decisions(models, folders):
     """Several models x many bars (random and on the k/N edges), both rules: same decisions, fewer examples."""
-    ds = sst2_rows(120, offset=200)
+    ds = sst2_rows("dev", 120, offset=200)
     ev = make_evaluator(ds, settings=EvalSettings(batch_size=8))
     ev.prepare(folders[0])
     rng = random.Random(1)
@@ -345,7 +333,7 @@ def test_metric_given_as_module_and_ids():
 
 
 def test_max_samples_subset_is_deterministic(models, folders):
-    ds = sst2_rows(300)
+    ds = sst2_rows("dev", 300)
     a = make_evaluator(ds, settings=EvalSettings(batch_size=16, max_samples=40, seed=3))
     b = make_evaluator(ds, settings=EvalSettings(batch_size=16, max_samples=40, seed=3))
     c = make_evaluator(ds, settings=EvalSettings(batch_size=16, max_samples=40, seed=4))
@@ -432,7 +420,7 @@ def test_causal_lm_loss_and_perplexity_are_token_weighted(tiny_gpt2):
     from transformers import AutoTokenizer
 
     folder, model = tiny_gpt2
-    texts = sst2_rows(37)["sentence"][:] + ["a"]  # "a" has 3 tokens with [CLS]/[SEP]; all are kept
+    texts = sst2_rows("dev", 37)["sentence"][:] + ["a"]  # "a" has 3 tokens with [CLS]/[SEP]; all are kept
     ds = Dataset.from_dict({"text": texts})
     ev = Evaluator(ds, settings=EvalSettings(batch_size=5, max_length=48))
     ev.prepare(folder)
