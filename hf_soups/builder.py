@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 from .candidates import Candidate, hyperparameters, resolve_all
-from .errors import HfSoupsError, OutputExistsError, RecipeError
+from .distributed import run_on_main
+from .errors import RecipeError
 from .hub import Hub
 from .lineage import verify_lineage
 from .methods import MixContext, get_method, score_ingredients, trial_key
 from .progress import get_logger
 from .recipe import EvaluationConfig, GreedyConfig, LearnedConfig, OutputConfig, SoupConfig
-from .soup import IngredientReport, Soup
+from .soup import IngredientReport, Soup, check_output_dir
 
 logger = get_logger(__name__)
 
@@ -147,7 +148,7 @@ class SoupBuilder:
         """
         cfg = self.config.validate()
         out_dir = Path(cfg.output.dir) if cfg.output.dir else None
-        _check_output_dir(out_dir, cfg.output.overwrite)
+        check_output_dir(out_dir, cfg.output.overwrite)
 
         # 1. resolve every candidate (metadata and headers only): a name that does not exist fails here, before
         # the held-out dataset or any weight is downloaded.
@@ -182,7 +183,7 @@ class SoupBuilder:
         # verifies and downloads first; the others then find every file in the Hub cache (each file crosses the
         # network once), and an error on the main process is raised on every process instead of hanging them.
         state = self._process_state(evaluator)
-        fetched = _run_on_main(state, verify_and_fetch)
+        fetched = run_on_main(state, verify_and_fetch, what="verifying and downloading the candidates", share=False)
         report, folders, base_folder = fetched if state.is_main_process else verify_and_fetch()
         cfg.candidates = [c.pinned_ref for c in candidates]  # the recipe, pinned: every candidate at its commit
 
@@ -196,7 +197,7 @@ class SoupBuilder:
                 return tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent)
             return tempfile.mkdtemp(prefix="hf-soups-")
 
-        stage = Path(_run_on_main(state, make_stage, share=True))
+        stage = Path(run_on_main(state, make_stage, what="creating the staging folder"))
         target = stage / "soup"
         try:
             ctx = MixContext(candidates=candidates, folders=folders, config=cfg, output_dir=target,
@@ -213,14 +214,15 @@ class SoupBuilder:
                     os.replace(out_dir, stage / "previous")
                 os.replace(target, out_dir)
 
-            _run_on_main(state, publish)
+            run_on_main(state, publish, what="writing the output folder", share=False)
             if out_dir is not None:
                 soup._relocate(out_dir)
         finally:
             if out_dir is not None and state.is_main_process:
                 shutil.rmtree(stage, ignore_errors=True)
         if cfg.push_to:
-            _run_on_main(state, lambda: soup.push_to_hub(cfg.push_to, private=cfg.private, token=self.hub.token))
+            run_on_main(state, lambda: soup.push_to_hub(cfg.push_to, private=cfg.private, token=self.hub.token),
+                        what=f"pushing to {cfg.push_to}", share=False)
         return soup
 
     def _process_state(self, evaluator: Any) -> Any:
@@ -316,52 +318,3 @@ def default_cache_dir() -> Path:
     from huggingface_hub import constants
 
     return Path(constants.HF_HOME) / "hf_soups" / "scores"
-
-
-def _check_output_dir(out_dir: Optional[Path], overwrite: bool) -> None:
-    """Refuse an output folder that exists and is not empty, unless overwrite; even with overwrite, replace only
-    a previous hf-soups output (a recipe is data, maybe from the Hub: it must not be able to delete any folder)."""
-    if out_dir is None or not out_dir.exists():
-        return
-    if not out_dir.is_dir():
-        raise OutputExistsError(f"output {out_dir} exists and is not a folder", hint="Choose another output folder.")
-    if not any(out_dir.iterdir()):
-        return
-    if not overwrite:
-        raise OutputExistsError(f"output folder {out_dir} exists and is not empty",
-                                hint="Choose another folder or pass overwrite (--overwrite).")
-    if not (out_dir / "soup.json").is_file():
-        raise OutputExistsError(
-            f"output folder {out_dir} is not an hf-soups output (no soup.json): refusing to replace it, even with "
-            "overwrite",
-            hint="Choose another folder, or delete it yourself.",
-        )
-
-
-def _run_on_main(state: Any, fn: Callable[[], Any], *, share: bool = False) -> Any:
-    """Run `fn` on the main process only; every process learns whether it worked.
-
-    Without this, an error on the main process would leave the others waiting at the next barrier forever. The
-    main process re-raises its own exception; the others raise an `HfSoupsError` naming it. With ``share=True``
-    the (picklable) result is broadcast to every process; otherwise the others get None.
-    """
-    if getattr(state, "num_processes", 1) <= 1:
-        return fn()
-    from accelerate.utils import broadcast_object_list
-
-    error: Optional[BaseException] = None
-    value: Any = None
-    message: Optional[str] = None
-    if state.is_main_process:
-        try:
-            value = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised below, after telling the other processes
-            error, message = exc, f"{type(exc).__name__}: {exc}"
-    payload = [(message, value if share else None)]
-    broadcast_object_list(payload, from_process=0)
-    message, shared = payload[0]
-    if error is not None:
-        raise error
-    if message is not None:
-        raise HfSoupsError(f"the main process failed, so this process stops too: {message}")
-    return value if state.is_main_process else shared

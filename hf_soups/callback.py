@@ -48,6 +48,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
 from .candidates import Candidate, folder_hash, parse_reference, resolve_all
+from .distributed import run_on_main
 from .errors import HfSoupsError, RecipeError
 from .hub import Hub
 from .lineage import verify_lineage
@@ -276,32 +277,9 @@ class SoupCallback(TrainerCallback, ExportableState):
     # ------------------------------------------------------------------------------------------ distributed
 
     def _on_main(self, trainer: Any, fn: Callable[[], Any], *, what: str) -> Any:
-        """Run `fn` on the main process only; every process gets its result, or raises its error.
-
-        The other processes wait (``wait_for_everyone`` inside the broadcast). An error on the main process is
-        re-raised there with its own type and on the others as an :class:`HfSoupsError` with the same message,
-        so no process is left waiting.
-        """
-        acc = trainer.accelerator
-        if acc.num_processes == 1:
-            return fn()
-        from accelerate.utils import broadcast_object_list
-
-        payload: List[Any] = [None]
-        error: Optional[BaseException] = None
-        if acc.is_main_process:
-            try:
-                payload = [("ok", fn())]
-            except BaseException as err:  # noqa: BLE001 - re-raised below, after the others are told
-                error = err
-                payload = [("error", f"{type(err).__name__}: {err}")]
-        broadcast_object_list(payload, from_process=0)
-        if error is not None:
-            raise error
-        kind, value = payload[0]
-        if kind == "error":
-            raise HfSoupsError(f"{what} failed on the main process: {value}")
-        return value
+        """Run `fn` on the main process only; every process gets its result, or raises its error (no process is
+        left waiting)."""
+        return run_on_main(trainer.accelerator, fn, what=what)
 
     # ------------------------------------------------------------------------------------------ events
 

@@ -29,6 +29,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from .distributed import run_on_main
 from .errors import EvaluationError
 from .metrics import (
     ComputeMetrics,
@@ -489,14 +490,8 @@ class Evaluator:
         return self._on_main(fn)
 
     def _on_main(self, fn: Any) -> Any:
-        """Run `fn` on the main process only and give every process its result."""
-        acc = self.accelerator
-        payload = [fn() if acc.is_main_process else None]
-        if acc.num_processes > 1:
-            from accelerate.utils import broadcast_object_list
-
-            broadcast_object_list(payload, from_process=0)
-        return payload[0]
+        """Run `fn` on the main process only and give every process its result (or its error)."""
+        return run_on_main(self.accelerator, fn, what="evaluation")
 
     def evaluate(
         self,

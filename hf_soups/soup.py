@@ -190,9 +190,7 @@ class Soup:
         """
         target = Path(save_directory)
         if target.exists() and target.resolve() != self.folder.resolve():
-            from .builder import _check_output_dir
-
-            _check_output_dir(target, overwrite)
+            check_output_dir(target, overwrite)
         if target.resolve() == self.folder.resolve():
             self._write_extras(target)
             return target
@@ -268,3 +266,23 @@ def _version(name: str) -> Optional[str]:
         return version(name)
     except PackageNotFoundError:
         return None
+
+
+def check_output_dir(out_dir: Optional[Path], overwrite: bool) -> None:
+    """Refuse an output folder that exists and is not empty, unless overwrite; even with overwrite, replace only
+    a previous hf-soups output (a recipe is data, maybe from the Hub: it must not be able to delete any folder)."""
+    if out_dir is None or not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputExistsError(f"output {out_dir} exists and is not a folder", hint="Choose another output folder.")
+    if not any(out_dir.iterdir()):
+        return
+    if not overwrite:
+        raise OutputExistsError(f"output folder {out_dir} exists and is not empty",
+                                hint="Choose another folder or pass overwrite (--overwrite).")
+    if not (out_dir / "soup.json").is_file():
+        raise OutputExistsError(
+            f"output folder {out_dir} is not an hf-soups output (no soup.json): refusing to replace it, even with "
+            "overwrite",
+            hint="Choose another folder, or delete it yourself.",
+        )
