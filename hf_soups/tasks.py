@@ -204,6 +204,15 @@ class TaskAdapter(ABC):
         """Per-example ``(value_sum, weight)`` of a mean metric, for early rejection; None if not supported."""
         return None
 
+    def example_quality(self, outputs: Dict[str, np.ndarray], metric: str) -> Optional[np.ndarray]:
+        """How well each example is handled, higher is better, for ordering an early-rejection evaluation.
+
+        The numbers only decide which examples a bounded evaluation looks at first (the likely failures), never
+        a score or a decision, so any monotone proxy of the selection metric's per-example value will do.
+        `outputs` are in dataset order. None (the default) means "no useful order": length order is kept.
+        """
+        return None
+
     def training_inputs(self, batch: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         """Model keyword arguments for which ``model(**inputs).loss`` is the training loss (a collated batch
         holds ``labels`` for classification already)."""
@@ -259,6 +268,19 @@ class _ClassificationTask(TaskAdapter):
             return None
         correct = (outputs["logits"].argmax(-1) == outputs["labels"]).to(torch.float64)
         return correct, torch.ones_like(correct)
+
+    def example_quality(self, outputs: Dict[str, np.ndarray], metric: str) -> Optional[np.ndarray]:
+        """The label's logit minus the best other logit: negative where the prediction is wrong, small where
+        the model is unsure (where a changed model flips its prediction first)."""
+        if metric != "accuracy":
+            return None
+        logits = np.asarray(outputs["logits"], dtype=np.float64)
+        labels = np.asarray(outputs["labels"]).astype(np.int64)
+        rows = np.arange(len(labels))
+        own = logits[rows, labels]
+        others = logits.copy()
+        others[rows, labels] = -np.inf
+        return own - others.max(-1)
 
     def check_model(self, config: Any, prepared: Prepared) -> None:
         id2label = _normalized_id2label(config)
@@ -473,6 +495,10 @@ class CausalLMTask(TaskAdapter):
 
     def unit_values(self, outputs: Dict[str, torch.Tensor], metric: str) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         return (outputs["loss_sum"], outputs["n_tokens"]) if metric == "loss" else None
+
+    def example_quality(self, outputs: Dict[str, np.ndarray], metric: str) -> Optional[np.ndarray]:
+        """Minus each example's summed token loss: the examples that add the most loss come first."""
+        return -np.asarray(outputs["loss_sum"], dtype=np.float64) if metric == "loss" else None
 
 
 def _column(dataset: Any, column: str) -> List[Any]:

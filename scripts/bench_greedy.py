@@ -109,8 +109,16 @@ def make_fakes(n: int, out: Path) -> List[Path]:
 # ------------------------------------------------------------------------------------------------- workers
 
 
-def worker_hf(folders: List[Path]) -> Dict[str, Any]:
+def worker_hf(folders: List[Path], *, length_order: bool = False) -> Dict[str, Any]:
     from datasets import Dataset
+
+    import hf_soups.evaluation
+    import hf_soups.methods
+
+    if length_order:  # the early rejection of before: trials run in length order, not likely-failures first
+        hf_soups.methods._trial_priority = lambda *args: None
+    if os.environ.get("BENCH_GREEDY_PRIORITY_BLOCK"):  # for tuning the block size only
+        hf_soups.evaluation._PRIORITY_BLOCK_BATCHES = int(os.environ["BENCH_GREEDY_PRIORITY_BLOCK"])
 
     from hf_soups.candidates import Candidate
     from hf_soups.evaluation import EvalSettings, Evaluator
@@ -224,7 +232,7 @@ def main(argv=None) -> int:
     p.add_argument("--fake", type=int, default=6, help="number of fake ingredients when none are given")
     p.add_argument("--dev-rows", type=int, default=None, help="use only the first N dev sentences (smoke runs)")
     p.add_argument("--write", action="store_true", help="replace the '## Greedy soup' section of BENCHMARKS.md")
-    p.add_argument("--worker", choices=["hf-soups", "naive", "fakes"], help=argparse.SUPPRESS)
+    p.add_argument("--worker", choices=["hf-soups", "hf-soups-length-order", "naive", "fakes"], help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -237,7 +245,10 @@ def main(argv=None) -> int:
         os.environ["BENCH_GREEDY_DEV_ROWS"] = str(a.dev_rows)
     if a.worker:
         folders = [Path(f) for f in a.ingredients]
-        report((worker_hf if a.worker == "hf-soups" else worker_naive)(folders))
+        if a.worker == "naive":
+            report(worker_naive(folders))
+        else:
+            report(worker_hf(folders, length_order=a.worker == "hf-soups-length-order"))
         return 0
 
     real = a.ingredients is not None and len(a.ingredients) > 0
@@ -251,20 +262,22 @@ def main(argv=None) -> int:
         kind = (f"{len(folders)} fake MiniLM fine-tunes (all-MiniLM-L6-v2 + a probe head fitted on 512 train "
                 "sentences, + seeded noise of relative scale 0.5-3%)")
     env = {**os.environ, "TQDM_DISABLE": "1", "BENCH_GREEDY_CACHE": tempfile.mkdtemp(prefix="bench-greedy-cache-")}
+    fresh = {**env, "BENCH_GREEDY_CACHE": tempfile.mkdtemp(prefix="bench-greedy-cache-")}
     runs = {}
-    for name in ("naive", "hf-soups", "hf-soups-warm"):
+    for name in ("naive", "hf-soups", "hf-soups-warm", "hf-soups-length-order"):
         print(f"running {name} ...", flush=True)
-        worker = "naive" if name == "naive" else "hf-soups"
+        worker = name if name != "hf-soups-warm" else "hf-soups"
         cmd = [sys.executable, __file__, "--worker", worker, "--ingredients", *map(str, folders)]
-        run = run_child(cmd, env=env, timeout=3600)
+        run = run_child(cmd, env=fresh if name == "hf-soups-length-order" else env, timeout=3600)
         if not run.ok:
             print(f"{name} failed: {run.error}", file=sys.stderr)
             return 1
         runs[name] = run
         print(f"  {name}: {run.result['wall_s']:.1f} s, peak RSS {run.peak_rss_mb:.0f} MiB", flush=True)
     hf, naive, warm = runs["hf-soups"].result, runs["naive"].result, runs["hf-soups-warm"].result
-    same = all(r["order"] == naive["order"] and r["accepted"] == naive["accepted"] for r in (hf, warm))
-    print(json.dumps({"hf": hf, "naive": naive, "hf_warm": warm}, indent=1))
+    lengths = runs["hf-soups-length-order"].result
+    same = all(r["order"] == naive["order"] and r["accepted"] == naive["accepted"] for r in (hf, warm, lengths))
+    print(json.dumps({"hf": hf, "naive": naive, "hf_warm": warm, "hf_length_order": lengths}, indent=1))
     assert hf["scores"] == naive["scores"], ("ingredient scores differ", hf["scores"], naive["scores"])
     assert same, ("greedy decisions differ", hf, naive)
 
@@ -273,7 +286,9 @@ def main(argv=None) -> int:
     decisions = ", ".join(f"{'+' if ok else '-'}{nm}" for nm, ok in zip(names, hf["accepted"]))
     rows = [
         ["naive (`from_pretrained` + `Trainer.evaluate` per trial)", naive, runs["naive"]],
-        ["hf-soups `Greedy` (live model, running sum, early rejection)", hf, runs["hf-soups"]],
+        ["hf-soups `Greedy` (live model, running sum, early rejection, likely failures first)", hf, runs["hf-soups"]],
+        ["hf-soups `Greedy`, early rejection in length order (before this change)", lengths,
+         runs["hf-soups-length-order"]],
         ["hf-soups `Greedy`, second run (score cache warm)", warm, runs["hf-soups-warm"]],
     ]
     rows = [[label, f"{r['wall_s']:.1f}", f"{r['wall_s'] / naive['wall_s']:.2f}x", f"{r['cpu_s']:.1f}",
@@ -293,8 +308,11 @@ procedure after imports and reading the TSV: tokenizing, scoring the {len(folder
 
 - Same decisions (asserted): {decisions} (order by dev accuracy; `+` kept, `-` dropped); soup accuracy
   {hf['soup_score']:.4f}, best ingredient {max(hf['scores']):.4f}.
-- Early rejection skipped {hf['examples_saved']} of {trials * n} trial examples (exact: same decisions as full
-  evaluation; a trial can only stop once its errors exceed the current soup's, so close trials run nearly to the end).
+- Early rejection skipped {hf['examples_saved']} of {trials * n} trial examples; in plain length order it skipped
+  {lengths['examples_saved']}. It is exact (same decisions as full evaluation, asserted above): a trial stops once its
+  errors exceed the current soup's. Each trial evaluates first the examples it most likely gets wrong, predicted
+  from outputs already computed: the current soup's and the new ingredient's label margins, averaged k:1 (blocks of
+  4 batches, length-sorted inside to keep padding low).
 - Examples evaluated in all (ingredients + trials): naive {len(folders) * n + trials * n}, hf-soups
   {hf['examples_total']}, second run {warm['examples_total']}.
 - Full-evaluation throughput (scoring the ingredients): hf-soups {hf['throughput']:.1f} examples/s,

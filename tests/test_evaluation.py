@@ -443,3 +443,46 @@ def test_causal_lm_loss_and_perplexity_are_token_weighted(tiny_gpt2):
     assert ev.evaluate(model, bar=result.score * 0.5).stopped_early
     with pytest.raises(EvaluationError, match="no per-example logits"):
         ev.predict_logits(model)
+
+
+def test_example_quality_is_the_label_margin(models, folders, data):
+    """Positive exactly where the prediction is right; the logit of the label minus the other one."""
+    ev = make_evaluator(data)
+    ev.prepare(folders[0])
+    result = ev.evaluate(models[1])
+    quality = result.example_quality
+    assert quality is not None and quality.shape == (len(data),)
+    logits = ev.predict_logits(models[1]).numpy().astype(np.float64)
+    labels = np.asarray(data["label"][:])
+    np.testing.assert_allclose(quality, logits[np.arange(len(labels)), labels] - logits[np.arange(len(labels)), 1 - labels])
+    assert ((quality > 0) == (logits.argmax(-1) == labels)).all()
+    assert "example_quality" not in result.to_dict()
+
+
+def test_priority_changes_only_how_soon_a_failing_model_stops(models, folders):
+    """Any priority gives the full evaluation's decisions and metrics; failures first stop sooner."""
+    n = 120
+    ds = sst2_rows("dev", n, offset=200)
+    ev = make_evaluator(ds, settings=EvalSettings(batch_size=8))
+    ev.prepare(folders[0])
+    rng = np.random.default_rng(0)
+    sooner = 0
+    for model in models:
+        full = ev.evaluate(model)
+        k = round(full.score * n)
+        oracle = -full.example_quality  # this model's own failures first
+        for bar in [(k + 1) / n, (k + 3) / n, full.score, (k - 1) / n, 0.9]:
+            plain = ev.evaluate(model, bar=bar)
+            for priority in (oracle, rng.normal(size=n)):
+                ordered = ev.evaluate(model, bar=bar, priority=priority)
+                assert ordered.meets(bar) == full.meets(bar) == plain.meets(bar), (bar, full.score)
+                assert not (ordered.stopped_early and full.meets(bar))  # only a failing model stops
+                if not ordered.stopped_early:
+                    assert ordered.metrics == full.metrics and ordered.n_evaluated == n
+            ordered = ev.evaluate(model, bar=bar, priority=oracle)
+            if plain.stopped_early:
+                assert ordered.n_evaluated <= plain.n_evaluated
+                sooner += ordered.n_evaluated < plain.n_evaluated
+    assert sooner > 0
+    with pytest.raises(EvaluationError, match="priority has 3 values"):
+        ev.evaluate(models[0], bar=0.99, priority=[1.0, 2.0, 3.0])
