@@ -79,7 +79,9 @@ class GreedyConfig:
         strict: demand strictly better (`>`), as the paper's reference code does, instead of "not worse".
         min_delta: the trial must beat the current score by at least this much.
         early_rejection: stop evaluating a trial as soon as it can no longer reach the bar (exact; mean
-            metrics such as accuracy only).
+            metrics such as accuracy only). The examples the trial most likely gets wrong, predicted from the
+            outputs of the current soup and the new ingredient, are evaluated first, so that a failing trial
+            stops sooner; the order never changes a decision.
     """
 
     strict: bool = False
