@@ -125,6 +125,8 @@ def worker_hf(folders: List[Path], *, length_order: bool = False) -> Dict[str, A
     from hf_soups.methods import Greedy, MixContext
     from hf_soups.recipe import EvaluationConfig, SoupConfig
 
+    import evaluate  # noqa: F401  imported before the clock, as the naive worker does (it takes seconds)
+
     data = Dataset.from_dict(read_tsv(DEV))
     work = Path(tempfile.mkdtemp(prefix="bench-greedy-hf-"))
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -318,7 +320,7 @@ procedure after imports and reading the TSV: tokenizing, scoring the {len(folder
 - Full-evaluation throughput (scoring the ingredients): hf-soups {hf['throughput']:.1f} examples/s,
   `Trainer.evaluate` {naive['throughput']:.1f} examples/s ({hf['throughput'] / naive['throughput']:.2f}x).
 - Machine: {machine_note()}. Measured {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, the
-  methods one after the other, on 2 CPUs shared with other jobs: wall times depend on their load; CPU time
+  methods one after the other on the same 2 CPUs: wall times depend on any other load there; CPU time
   (user + system of the process, `time.process_time`) is the steadier measure.
 - Command: {cmd_line}
 """
