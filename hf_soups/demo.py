@@ -161,14 +161,20 @@ def _seed_hub(hub: Any, base: Path, say: _Printer) -> str:
 @contextlib.contextmanager
 def _caches_in(folder: Path) -> Any:
     """Point the `datasets` and `evaluate` caches at `folder` while the demo runs (the Hub cache is the
-    LocalHub's `cache_dir`): what the demo's hub serves never lands in the user's own caches."""
+    LocalHub's `cache_dir`): what the demo's hub serves never lands in the user's own caches.
+
+    Not `HF_MODULES_CACHE`: `evaluate` imports every metric script as part of one `evaluate_modules` package,
+    imported once per process from the first modules cache used. Pointed elsewhere later, the script is copied
+    to the new folder but imported from the old one and fails with ModuleNotFoundError (seen when the demo ran
+    after another metric load in the same process). The metric script lands there under a content-hash name,
+    as any `evaluate.load` does."""
     import datasets.config as dcfg
     import evaluate.config as ecfg
 
     saved = [(dcfg, "HF_DATASETS_CACHE"), (ecfg, "HF_EVALUATE_CACHE"), (ecfg, "HF_METRICS_CACHE"),
-             (ecfg, "HF_MODULES_CACHE"), (ecfg, "DOWNLOADED_EVALUATE_PATH")]
+             (ecfg, "DOWNLOADED_EVALUATE_PATH")]
     old = [getattr(m, k) for m, k in saved]
-    values = [folder / "datasets", folder / "evaluate", folder / "evaluate" / "metrics", folder / "modules",
+    values = [folder / "datasets", folder / "evaluate", folder / "evaluate" / "metrics",
               folder / "evaluate" / "downloads"]
     try:
         for (m, k), v in zip(saved, values):

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Dict
 
 import pytest
+
+# Every Hugging Face cache (hub, datasets, evaluate and its `evaluate_modules` package, matplotlib's) in a fresh
+# folder per session, set before any of those libraries is imported: tests never read what an earlier run or
+# the user left in ~/.cache (a stale metric module there once hid a demo failure that only a fresh machine
+# showed) and never write there. Subprocesses started by tests inherit it.
+_HF_HOME = tempfile.mkdtemp(prefix="hf-soups-tests-hf-home-")
+atexit.register(shutil.rmtree, _HF_HOME, True)
+for _var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_EVALUATE_CACHE",
+             "HF_METRICS_CACHE", "HF_MODULES_CACHE", "TRANSFORMERS_CACHE"):
+    os.environ.pop(_var, None)
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["MPLCONFIGDIR"] = os.path.join(_HF_HOME, "matplotlib")
 
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")

