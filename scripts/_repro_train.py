@@ -308,7 +308,7 @@ def train_one(cfg: RunConfig, out_root: Path, data: Dict[str, Any], log: Log, *,
     model = AutoModelForSequenceClassification.from_pretrained(
         base, num_labels=2, id2label=ID2LABEL, label2id={v: k for k, v in ID2LABEL.items()}
     )
-    head_checksum = float(model.classifier.weight.double().sum())
+    head_checksum = float(model.classifier.weight.detach().double().sum())
     # Then the training seed: data order and dropout.
     transformers.set_seed(cfg.seed)
 
