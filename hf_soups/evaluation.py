@@ -15,6 +15,7 @@ would, by construction (see :func:`hf_soups.metrics.best_reachable`).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -98,7 +99,8 @@ class EvalResult:
         greater_is_better: the direction of `score`.
         example_quality: after a full evaluation of a bounded-mean metric, how well each example was handled
             (dataset order, higher is better; see :meth:`TaskAdapter.example_quality`). It orders later
-            early-rejection runs (``priority=``). Not cached and not part of :meth:`to_dict`.
+            early-rejection runs (``priority=``). Kept in the score cache (as float32) and given back with a
+            cached full result; not part of :meth:`to_dict`.
     """
 
     metrics: Dict[str, Any]
@@ -685,14 +687,19 @@ class Evaluator:
                 return None
             result = data.get("result") or {}
             if not result.get("stopped_early"):
-                return result
+                return {**result, "example_quality": data.get("example_quality")}
             # A stopped result answers any bar it cannot meet either; otherwise evaluate again.
             if bar is not None and cannot_meet(result["bound"], bar, strict=strict, greater_is_better=result["greater_is_better"]):
                 return result
             return None
 
         data = self._on_main(read)
-        return EvalResult.from_dict(data) if data is not None else None
+        if data is None:
+            return None
+        quality = _decode_quality(data.pop("example_quality", None), data.get("n_examples"))
+        result = EvalResult.from_dict(data)
+        result.example_quality = quality
+        return result
 
     def _cache_put(self, key: str, result: EvalResult) -> None:
         if not self.accelerator.is_main_process:
@@ -700,6 +707,9 @@ class Evaluator:
         assert self.cache_dir is not None
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         entry = {"key": key, "fingerprint": self.fingerprint, "result": {**result.to_dict(), "cached": False}}
+        if result.example_quality is not None:
+            # kept so that a greedy soup built on cached ingredient scores still orders its trials' examples
+            entry["example_quality"] = _encode_quality(result.example_quality)
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".tmp-", suffix=".json")
         try:
             with os.fdopen(fd, "w") as handle:
@@ -710,6 +720,23 @@ class Evaluator:
                 os.unlink(tmp)
             raise
         self.cache_writes += 1
+
+
+def _encode_quality(quality: np.ndarray) -> str:
+    """Per-example quality as base64 of little-endian float32: 4 bytes an example in the JSON cache entry
+    (a JSON list of floats would take about 20), and the entry stays one file, written atomically."""
+    return base64.b64encode(np.asarray(quality, dtype="<f4").tobytes()).decode("ascii")
+
+
+def _decode_quality(text: Any, n_examples: Any) -> Optional[np.ndarray]:
+    """The inverse of :func:`_encode_quality`; None for an entry without one or one that does not fit."""
+    if not isinstance(text, str):
+        return None
+    try:
+        quality = np.frombuffer(base64.b64decode(text, validate=True), dtype="<f4").astype(np.float64)
+    except ValueError:
+        return None
+    return quality if quality.shape == (n_examples,) else None
 
 
 def summary_table(results: Mapping[str, EvalResult]) -> str:

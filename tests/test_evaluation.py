@@ -196,6 +196,9 @@ def test_cache_second_call_runs_no_forward(tmp_path, models, folders, data):
         second = ev.evaluate(model, key="sha-a")
         assert len(calls) == n_forward, "a cached result must not run the model"
         assert second.cached and second.metrics == first.metrics and second.score == first.score
+        # the per-example quality that orders greedy trials comes back too (float32 in the cache)
+        assert first.example_quality is not None and first.example_quality.shape == (90,)
+        np.testing.assert_allclose(second.example_quality, first.example_quality, rtol=1e-6)
         files = list((tmp_path / "cache").glob("*.json"))
         assert len(files) == 1 and ev.cache_writes == 1
         entry = json.loads(files[0].read_text())

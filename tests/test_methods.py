@@ -171,6 +171,26 @@ def test_second_greedy_run_evaluates_nothing(tmp_path, folders, candidates, data
     assert second.extra["examples_evaluated_in_trials"] == 0
 
 
+def test_cached_ingredient_scores_still_order_the_trials(tmp_path, folders, candidates, data):
+    """Ingredient scores from the cache (a uniform soup built first, say) bring their per-example quality: the
+    trials evaluate the same examples as in a run that scored the ingredients itself."""
+    from hf_soups.methods import score_ingredients
+
+    rule = GreedyConfig(strict=True)  # the strict rule stops some trials early (see above)
+    cold = Greedy().run(make_ctx(tmp_path / "cold", folders, candidates, data, greedy=rule))
+    assert any(h["stopped_early"] for h in cold.history)
+    score_ingredients(make_ctx(tmp_path / "first", folders, candidates, data, cache_dir=tmp_path / "cache"))
+    warm = Greedy().run(make_ctx(tmp_path / "warm", folders, candidates, data, greedy=rule,
+                                 cache_dir=tmp_path / "cache"))
+    assert warm.history[0]["cached"]
+    assert [(h["index"], h["accepted"]) for h in warm.history] == [(h["index"], h["accepted"]) for h in cold.history]
+    # trials not answered by the cache (averaging ft1 with its byte copy is ft1 itself, whose score is cached)
+    keep = ("score", "n_evaluated", "stopped_early")
+    fresh = [(w, c) for w, c in zip(warm.history[1:], cold.history[1:]) if not w["cached"]]
+    assert any(c["stopped_early"] for _, c in fresh)
+    assert [{k: w[k] for k in keep} for w, _ in fresh] == [{k: c[k] for k in keep} for _, c in fresh]
+
+
 # ------------------------------------------------------------------------------------------------ learned
 
 
