@@ -424,7 +424,8 @@ def run_demo(args: argparse.Namespace) -> int:
         greedy = _build(SoupBuilder, repos, "greedy", out / "greedy-soup", common)
         for h in greedy.history:
             say(f"  greedy step {h['step']}: {h['ingredient']} -> held-out "
-                + (_pct(h['score']) if h['score'] is not None else "stopped early")
+                + (_pct(h['score']) if h['score'] is not None
+                 else f"stopped early after {h['n_evaluated']}/{h['n_examples']} rows (cannot reach the bar)")
                 + (" kept" if h["accepted"] else " dropped"))
         url = greedy.push_to_hub(soup_repo, token=hub.token)
         say(f"pushed the greedy soup with its card: {url}")
