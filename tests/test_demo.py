@@ -130,12 +130,12 @@ def test_sample_loads_by_name_through_local_hub(local_hub, tmp_path: Path) -> No
 def test_tiny_demo_runs_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     import evaluate
 
-    import hf_soups.testing
     from hf_soups.cli import main
+    from hf_soups.metrics import local_metric_path
 
     # a metric loaded earlier in the process, as a notebook or an earlier test does: `evaluate_modules` is then
     # imported from the default modules cache, and the demo must still load its own metric
-    evaluate.load(str(Path(hf_soups.testing.__file__).parent / "metrics" / "accuracy"))
+    evaluate.load(str(local_metric_path("accuracy")))
     out = tmp_path / "demo"
     code = main(["demo", "--output", str(out), "--ingredients", "2", "--train-rows", "32", "--eval-rows", "48",
                  "--test-rows", "32", "--epochs", "1"])
